@@ -1,0 +1,273 @@
+"""The transformers backend: batched decoding with left padding, sampling, stop strings, and
+prefix reuse across refinement rounds.
+
+Prefix reuse: after a round, each conversation's attention cache (keys and values of every token the
+model has processed) is kept in a :class:`PrefixStore`. In the next round the conversation is
+re-tokenized in full and only the tokens after the longest common prefix with the cached tokens are
+run through the model. Because the cache is reused only where the token ids agree, the model sees
+exactly the ids it would see without reuse, so greedy outputs are the same with and without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ptr.inference.types import Completion, Conversation, SamplingParams
+
+# Tokens after which a chat model's turn is over, when its generation config does not list them all.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
+
+
+@dataclass
+class _Entry:
+    tokens: list[int]  # the ids whose keys/values are cached, in order
+    keys: list  # per layer: tensor [kv_heads, len(tokens), head_dim]
+    values: list
+
+
+class PrefixStore:
+    """Per-conversation attention caches kept between calls (one slot per conversation index)."""
+
+    def __init__(self, size: int):
+        self.entries: list[_Entry | None] = [None] * size
+
+    def clear(self):
+        self.entries = [None] * len(self.entries)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_ref=None,
+        *,
+        model=None,
+        tokenizer=None,
+        dtype=None,
+        device: str | None = None,
+        batch_size: int = 16,
+        prefix_reuse: bool = True,
+    ):
+        if model is None:
+            from ptr.models import load_model
+
+            model, tokenizer = load_model(model_ref, dtype=dtype, device=device)
+        self.model, self.tokenizer = model, tokenizer
+        self.model_name = str(model_ref) if model_ref is not None else getattr(model, "name_or_path", "model")
+        self.device = next(model.parameters()).device
+        self.batch_size = batch_size
+        self.prefix_reuse = prefix_reuse
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = self._end_ids()
+        self.context_length = self._context_length()
+
+    # -- tokenization ---------------------------------------------------------------------------
+
+    def _end_ids(self) -> set[int]:
+        ids = set()
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
+        return ids
+
+    def _context_length(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "max_position_embeddings", None) or 2048)
+
+    def encode(self, conversation: Conversation) -> list[int]:
+        """Prompt ids: chat conversations through the chat template, strings as they are."""
+        if isinstance(conversation, str):
+            return self.tokenizer(conversation).input_ids
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"{self.model_name} has no chat template; use plain string prompts")
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        conversations: list[Conversation],
+        params: SamplingParams,
+        *,
+        prefix_store: PrefixStore | None = None,
+        progress=None,
+    ) -> list[Completion]:
+        import torch
+
+        ids = [self.encode(c) for c in conversations]
+        for i, x in enumerate(ids):
+            if len(x) + 1 > self.context_length:
+                raise ValueError(
+                    f"conversation {i}: prompt of {len(x)} tokens leaves no room in the "
+                    f"{self.context_length}-token context"
+                )
+        store = prefix_store if (prefix_store is not None and self.prefix_reuse) else None
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
+        results: list[Completion | None] = [None] * len(ids)
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            entries = [store.entries[i] if store else None for i in batch]
+            completions, new_entries = self._generate_batch(
+                [ids[i] for i in batch], entries, params, generator
+            )
+            for i, completion, entry in zip(batch, completions, new_entries, strict=True):
+                results[i] = completion
+                if store is not None:
+                    store.entries[i] = entry
+            if progress is not None:
+                progress(len(batch))
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, ids, entries, params: SamplingParams, generator):
+        import torch
+        from transformers import DynamicCache
+
+        model, dev = self.model, self.device
+        bsz = len(ids)
+        reuse = []
+        for x, entry in zip(ids, entries, strict=True):
+            n = _common_prefix(entry.tokens, x) if entry is not None else 0
+            reuse.append(min(n, len(x) - 1))  # at least one new token must be fed to get logits
+        new = [x[r:] for x, r in zip(ids, reuse, strict=True)]
+        p_len, n_len = max(reuse), max(map(len, new))
+
+        # Layout per row: [pad][reused cache][pad][new prompt tokens], positions are real token positions.
+        mask = torch.zeros(bsz, p_len + n_len, dtype=torch.long)
+        input_ids = torch.full((bsz, n_len), self.pad_id, dtype=torch.long)
+        position_ids = torch.zeros(bsz, n_len, dtype=torch.long)
+        for b in range(bsz):
+            r, k = reuse[b], len(new[b])
+            mask[b, p_len - r : p_len] = 1
+            mask[b, p_len + n_len - k :] = 1
+            input_ids[b, n_len - k :] = torch.tensor(new[b])
+            position_ids[b, n_len - k :] = torch.arange(r, r + k)
+        cache = DynamicCache(config=model.config)
+        if p_len:
+            ref = next(e for e in entries if e is not None)
+            for layer in range(len(ref.keys)):
+                shape = (bsz, ref.keys[layer].shape[0], p_len, ref.keys[layer].shape[-1])
+                keys = torch.zeros(shape, dtype=ref.keys[layer].dtype, device=dev)
+                values = torch.zeros(shape, dtype=ref.values[layer].dtype, device=dev)
+                for b, (entry, r) in enumerate(zip(entries, reuse, strict=True)):
+                    if r:
+                        keys[b, :, p_len - r :] = entry.keys[layer][:, :r]
+                        values[b, :, p_len - r :] = entry.values[layer][:, :r]
+                cache.update(keys, values, layer)
+
+        max_new = params.max_new_tokens
+        max_new = min(max_new, self.context_length - max(len(x) for x in ids))
+        generated: list[list[int]] = [[] for _ in range(bsz)]
+        finish = [None] * bsz
+        positions = torch.tensor([len(x) for x in ids])
+        with torch.inference_mode():
+            out = model(
+                input_ids=input_ids.to(dev),
+                attention_mask=mask.to(dev),
+                position_ids=position_ids.to(dev),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            for step in range(max_new):
+                tokens = self._sample(out.logits[:, -1, :].float(), params, generator).tolist()
+                active = []
+                for b in range(bsz):
+                    if finish[b] is not None:
+                        continue
+                    generated[b].append(tokens[b])
+                    if tokens[b] in self.eos_ids:
+                        finish[b] = "stop"
+                    elif params.stop and self._hit_stop(generated[b], params.stop):
+                        finish[b] = "stop"
+                    elif step == max_new - 1:
+                        finish[b] = "length"
+                    else:
+                        active.append(b)
+                if not active:
+                    break
+                step_mask = torch.zeros(bsz, 1, dtype=torch.long)
+                step_mask[active] = 1
+                mask = torch.cat([mask, step_mask], dim=1)
+                feed = torch.tensor([[t] for t in tokens])
+                pos = positions.clone().unsqueeze(1)
+                positions[active] += 1
+                out = model(
+                    input_ids=feed.to(dev),
+                    attention_mask=mask.to(dev),
+                    position_ids=pos.to(dev),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+
+        completions, new_entries = [], []
+        for b in range(bsz):
+            text = self.tokenizer.decode(generated[b], skip_special_tokens=True)
+            for s in params.stop:
+                cut = text.find(s)
+                if cut >= 0:
+                    text = text[:cut]
+            completions.append(
+                Completion(
+                    text=text,
+                    prompt_tokens=len(ids[b]),
+                    completion_tokens=len(generated[b]),
+                    finish_reason=finish[b] or "length",
+                )
+            )
+            if self.prefix_reuse:
+                new_entries.append(self._extract(cache, mask, b, ids[b] + generated[b][:-1]))
+            else:
+                new_entries.append(None)
+        return completions, new_entries
+
+    def _extract(self, cache, mask, b: int, tokens: list[int]) -> _Entry:
+        slots = mask[b].nonzero().squeeze(1).to(self.device)
+        if len(slots) != len(tokens):  # should never happen; drop the cache rather than reuse a wrong one
+            return _Entry([], [], [])
+        keys = [layer.keys[b].index_select(1, slots).clone() for layer in cache.layers]
+        values = [layer.values[b].index_select(1, slots).clone() for layer in cache.layers]
+        return _Entry(tokens, keys, values)
+
+    def _hit_stop(self, generated: list[int], stops: tuple[str, ...]) -> bool:
+        tail = self.tokenizer.decode(generated[-16:], skip_special_tokens=True)
+        if any(s in tail for s in stops):
+            return True
+        longest = max(map(len, stops))
+        if len(tail) >= longest:
+            return False
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        return any(s in text for s in stops)
+
+    @staticmethod
+    def _sample(logits, params: SamplingParams, generator):
+        import torch
+
+        if params.greedy:
+            return logits.argmax(dim=-1).cpu()
+        logits = logits / params.temperature
+        if params.top_k:
+            kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if params.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > params.top_p  # keep the token that crosses top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        probs = logits.softmax(-1).cpu()
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)

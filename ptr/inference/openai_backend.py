@@ -1,0 +1,109 @@
+"""An OpenAI-compatible endpoint (vLLM's server, KServe's Hugging Face runtime, any chat API).
+
+Chat conversations go to ``/chat/completions``, plain prompts to ``/completions``. Requests run with
+bounded concurrency, a timeout, and retries with exponential backoff on connection errors, 429 and 5xx.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ptr.inference.types import Completion, Conversation, SamplingParams
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class EndpointError(RuntimeError):
+    pass
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        concurrency: int = 8,
+    ):
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        self.concurrency = max(1, concurrency)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self.client = httpx.Client(timeout=timeout, headers=headers)
+        self.model_name = model_name or self._first_model()
+
+    def _first_model(self) -> str:
+        data = self._request("GET", "/models")
+        models = data.get("data") or []
+        if not models:
+            raise EndpointError(f"{self.base_url}/models lists no model; pass a model name")
+        return models[0]["id"]
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        import httpx
+
+        url = self.base_url + path
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = self.client.request(method, url, json=body)
+                if resp.status_code < 400:
+                    return resp.json()
+                if resp.status_code not in RETRY_STATUS or attempt == self.max_retries:
+                    raise EndpointError(f"{method} {url}: HTTP {resp.status_code}: {resp.text[:500]}")
+            except (httpx.TransportError, httpx.TimeoutException) as err:
+                if attempt == self.max_retries:
+                    raise EndpointError(f"{method} {url}: {type(err).__name__}: {err}") from err
+            time.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _one(self, conversation: Conversation, params: SamplingParams) -> Completion:
+        body = {
+            "model": self.model_name,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.top_k:
+            body["top_k"] = params.top_k  # vLLM extension; plain OpenAI ignores unknown keys poorly
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if isinstance(conversation, str):
+            data = self._request("POST", "/completions", {**body, "prompt": conversation})
+            text = data["choices"][0].get("text") or ""
+        else:
+            data = self._request("POST", "/chat/completions", {**body, "messages": conversation})
+            text = data["choices"][0]["message"].get("content") or ""
+        usage = data.get("usage") or {}
+        reason = data["choices"][0].get("finish_reason") or "stop"
+        return Completion(
+            text=text,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            finish_reason="length" if reason == "length" else "stop",
+        )
+
+    def generate(self, conversations: list[Conversation], params: SamplingParams, *, progress=None, **_):
+        def run(c):
+            result = self._one(c, params)
+            if progress is not None:
+                progress(1)
+            return result
+
+        if len(conversations) <= 1 or self.concurrency == 1:
+            return [run(c) for c in conversations]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(run, conversations))

@@ -1,0 +1,139 @@
+"""JSONL and atomic file writes shared by every stage.
+
+Readers validate every line before a stage starts working, so bad input fails fast with
+``file:line: reason``; writers publish a file only once it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ptr.errors import InputError
+
+
+def read_jsonl(path, *, required: tuple[str, ...] = (), any_of: tuple[str, ...] = ()) -> list[dict]:
+    """Read a JSONL file whole; every line must be a JSON object.
+
+    ``required`` fields must be present on every line; at least one of ``any_of`` must be present.
+    Blank lines are skipped. Errors name the file and 1-based line.
+    """
+    return [record for _, record in iter_jsonl(path, required=required, any_of=any_of)]
+
+
+def iter_jsonl(
+    path, *, required: tuple[str, ...] = (), any_of: tuple[str, ...] = ()
+) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)`` pairs, validated as :func:`read_jsonl` describes."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, None, "no such file")
+    with open(path, encoding="utf-8", errors="strict") as f:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as err:
+                raise InputError(path, lineno + 1, f"not valid UTF-8 ({err.reason})") from None
+            if not line:
+                break
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(path, lineno, f"invalid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise InputError(path, lineno, f"expected a JSON object, got {type(record).__name__}")
+            for key in required:
+                if key not in record:
+                    raise InputError(path, lineno, "missing required field", field=key)
+            if any_of and not any(k in record for k in any_of):
+                raise InputError(path, lineno, f"needs one of the fields {', '.join(any_of)}")
+            yield lineno, record
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = ""):
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl(path, records: Iterable[dict]) -> int:
+    """Write records atomically; returns the count."""
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_json(path, obj) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+
+
+def append_jsonl(path, records: list[dict]) -> None:
+    """Append a batch as one write followed by fsync, so a crash leaves whole lines or a torn last line
+    that :func:`repair_jsonl` removes; never an interleaved record."""
+    if not records:
+        return
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def repair_jsonl(path) -> int:
+    """Drop a torn (unterminated or unparsable) last line left by a crash. Returns bytes removed.
+
+    Only the last line may be torn: a bad line in the middle is corruption and raises InputError.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data:
+        return 0
+    keep = len(data)
+    if not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+    else:
+        last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
+        try:
+            json.loads(data[last_start:])
+        except ValueError:
+            keep = last_start
+    body = data[:keep]
+    for lineno, line in enumerate(body.splitlines(), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except ValueError:
+                raise InputError(path, lineno, "corrupt line in the middle of the file") from None
+    if keep < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    return len(data) - keep

@@ -1,0 +1,53 @@
+import pytest
+
+from ptr.inference import SamplingParams, refine
+from ptr.inference.openai_backend import EndpointError, OpenAIBackend
+from tests.support.procs import free_port, start, stop, wait_http
+
+
+@pytest.fixture()
+def server(request, tmp_path):
+    fail_first = getattr(request, "param", 0)
+    port = free_port()
+    proc = start(["-m", "tests.support.openai_server", "--port", str(port), "--fail_first", str(fail_first)],
+                 log=tmp_path / "server.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop(proc)
+
+
+def test_openai_backend_matches_local_generation(server, tiny_backend):
+    client = OpenAIBackend(server, concurrency=4)
+    assert client.model_name == "test-model"  # discovered from /models
+    convs = [[{"role": "user", "content": f"What is {i} * 7?"}] for i in range(6)]
+    params = SamplingParams(max_new_tokens=8)
+    remote = refine(client, convs, 2, params)
+    local = refine(tiny_backend, convs, 2, params)
+    assert [[c.text for c in r] for r in remote] == [[c.text for c in r] for r in local]
+    assert all(c.completion_tokens > 0 for r in remote for c in r)
+    plain = client.generate(["Question: 2+2?\nAnswer:"], params)[0]
+    assert plain.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("server", [2], indirect=True)
+def test_openai_backend_retries_transient_errors(server):
+    client = OpenAIBackend(server, "test-model", backoff=0.01, concurrency=1)
+    out = client.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=4))
+    assert out[0].completion_tokens > 0
+
+
+@pytest.mark.parametrize("server", [100], indirect=True)
+def test_openai_backend_gives_up_with_clear_error(server):
+    client = OpenAIBackend(server, "test-model", backoff=0.01, max_retries=2)
+    with pytest.raises(EndpointError, match="HTTP 503"):
+        client.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=4))
+
+
+def test_openai_backend_unreachable():
+    client_url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(EndpointError, match="ConnectError"):
+        OpenAIBackend(client_url, "m", backoff=0.01, max_retries=1, timeout=2).generate(
+            ["x"], SamplingParams(max_new_tokens=2)
+        )
