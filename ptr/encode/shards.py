@@ -99,11 +99,17 @@ class ShardWriter:
 def _corpus_dirs(path: Path) -> list[Path]:
     if (path / "meta.json").exists():
         return [path]
-    found = sorted(p for p in path.iterdir() if p.is_dir() and (p / "meta.json").exists()) if path.is_dir() else []
+    found = (
+        sorted(p for p in path.iterdir() if p.is_dir() and (p / "meta.json").exists())
+        if path.is_dir()
+        else []
+    )
     if not found:
         from ptr.errors import PtrError
 
-        raise PtrError(f"{path}: no encoded corpus here (a folder with meta.json, or a folder of such folders)")
+        raise PtrError(
+            f"{path}: no encoded corpus here (a folder with meta.json, or a folder of such folders)"
+        )
     return found
 
 
@@ -132,7 +138,9 @@ class ShardDataset:
         if len(hashes) > 1:
             from ptr.errors import PtrError
 
-            raise PtrError(f"{self.path}: corpora were encoded with different tokenizers ({sorted(map(str, hashes))})")
+            raise PtrError(
+                f"{self.path}: corpora were encoded with different tokenizers ({sorted(map(str, hashes))})"
+            )
         self._starts = np.asarray(starts, dtype=np.int64)
 
     @property
