@@ -92,6 +92,10 @@ def refine(
     if rounds < 1:
         raise ValueError("rounds must be >= 1")
     conversations = [validate_conversation(c, f"conversation {i}") for i, c in enumerate(conversations)]
+    if hasattr(backend, "refine"):  # a backend that runs all rounds itself (e.g. a served model)
+        return backend.refine(
+            conversations, rounds, params, refine_prompt=refine_prompt, on_round=on_round, progress=progress
+        )
     results: list[list[Completion]] = [[] for _ in conversations]
     supports_store = getattr(backend, "name", "") == "transformers"
     for start in range(0, len(conversations), chunk_size):

@@ -64,6 +64,16 @@ class _MlflowRun(_NullRun):
             mlflow.set_tag(k, str(v))
 
 
+def describe_model(model_ref: str) -> dict:
+    """Tags that link a run to the model it used (registry name/version for ``models:/`` references,
+    or ``PTR_MODEL_VERSION=name/version`` for a served model)."""
+    tags = {"ptr.model_ref": str(model_ref)}
+    if os.environ.get("PTR_MODEL_VERSION"):
+        name, _, version = os.environ["PTR_MODEL_VERSION"].rpartition("/")
+        tags.update({"ptr.model_name": name, "ptr.model_version": version})
+    return tags
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict | None = None, tags: dict | None = None):
     """A child run for one stage (``train``, ``eval``, …), or a no-op when tracking is off."""
