@@ -140,7 +140,10 @@ def _model_card(path: Path):
 
     readme = path / "README.md"
     # Given explicitly: otherwise MLflow asks the Hugging Face hub for a card.
-    return ModelCard(readme.read_text() if readme.exists() else f"# {path.name}\n\nExported by ptr train.\n")
+    text = readme.read_text() if readme.exists() else ""
+    if not text.startswith("---"):
+        text = f"---\nlibrary_name: transformers\n---\n{text or f'# {path.name}'}\n"
+    return ModelCard(text)
 
 
 def register_model(
@@ -156,11 +159,7 @@ def register_model(
 
     Returns ``{name, version, uri, mlflow_run_id, ptr_run_id}``.
     """
-    import mlflow
-    import mlflow.transformers
-
     from ptr import storage
-    from ptr.tracking import runs
 
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", name):
         raise PtrError(f"--name {name!r}: use letters, digits and . _ - (it becomes part of models:/ URIs)")
@@ -169,6 +168,11 @@ def register_model(
     if not local.is_dir():
         raise PtrError(f"--model_path {source}: not a directory")
     config = _check_model_dir(local)
+    import mlflow
+    import mlflow.transformers
+
+    from ptr.tracking import runs
+
     ptr_run_id = ptr_run_id or os.environ.get("PTR_RUN_ID") or None
     size = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
     params = {"model_path": source, "name": name, "model_type": config.get("model_type"), "model_bytes": size}
