@@ -44,8 +44,12 @@ def test_tracking_is_off_and_free_unless_configured(monkeypatch):
         "    run.log_metrics({'loss': 1.0}, step=1); run.log_artifact('/nonexistent'); run.log_dataset('x')\n"
         "print(run.run_id, 'mlflow' in sys.modules)\n"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("MLFLOW_TRACKING_URI", "PTR_TRACKING")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    env = {
+        k: v for k, v in __import__("os").environ.items() if k not in ("MLFLOW_TRACKING_URI", "PTR_TRACKING")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["None", "False"]
 
 
@@ -113,7 +117,9 @@ def test_pipeline_run_is_parent_of_its_stages(local_store, tmp_path, monkeypatch
     eval_id = log_eval_run("tiny-random", {"gsm8k": [[0, 1, 0, 1], [1, 1, 0, 1]], "arc": [[1, 0], [1, 1]]})
 
     parent = pipeline_run("pipe-1")
-    runs = {r.info.run_id: r for r in client.search_runs([r.info.experiment_id for r in [client.get_run(parent)]])}
+    runs = {
+        r.info.run_id: r for r in client.search_runs([r.info.experiment_id for r in [client.get_run(parent)]])
+    }
     assert runs[parent].data.tags["ptr.run_id"] == "pipe-1" and runs[parent].info.status == "FINISHED"
     for child in (encode_id, train_id, eval_id):
         assert runs[child].data.tags["mlflow.parentRunId"] == parent
@@ -209,5 +215,7 @@ def test_cli_errors_are_clear_and_exit_2(tmp_path):
     assert proc.returncode == 2 and "not a directory" in proc.stderr
     proc = run_ptr("promote", "--name", "x", "--primary", "gsm8k", env=env)
     assert proc.returncode == 2 and "expected TASK.roundK" in proc.stderr
-    proc = run_ptr("promote", "--name", "x", "--primary", "gsm8k.round1", "--guard", "mmlu.round1:lots", env=env)
+    proc = run_ptr(
+        "promote", "--name", "x", "--primary", "gsm8k.round1", "--guard", "mmlu.round1:lots", env=env
+    )
     assert proc.returncode == 2 and "tolerance" in proc.stderr

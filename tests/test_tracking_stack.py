@@ -172,7 +172,10 @@ def test_register_promote_refuse_and_load_by_alias(stack, tiny_path, tmp_path, c
     assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "3"
     tags = {v: client.get_model_version(NAME, v).tags for v in ("1", "2", "3")}
     assert [tags[v]["ptr.run_id"] for v in ("1", "2", "3")] == ["flow-1", "flow-2", "flow-3"]
-    assert tags["2"]["ptr.promotion.decision"] == "promoted" and tags["2"]["ptr.promotion.champion_before"] == "1"
+    assert (
+        tags["2"]["ptr.promotion.decision"] == "promoted"
+        and tags["2"]["ptr.promotion.champion_before"] == "1"
+    )
     assert float(tags["2"]["ptr.promotion.lo"]) > 0
     assert tags["3"]["ptr.promotion.decision"] == "kept" and "not better" in tags["3"]["ptr.promotion.reason"]
     assert tags["1"]["ptr.promotion.replaced_by"] == "2"

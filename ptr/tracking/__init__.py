@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "NullRun",
     "describe_model",
     "enabled",
     "local_dir",

@@ -20,7 +20,9 @@ def register_main(argv: list[str] | None = None) -> int:
         description="Log an exported Hugging Face model directory to MLflow (weights copied, never loaded), "
         "register a new version and point an alias (default: candidate) at it.",
     )
-    parser.add_argument("--model_path", required=True, help="a local model directory or s3://bucket/prefix")
+    parser.add_argument(
+        "--model_path", required=True, help="a local model directory, s3://bucket/prefix or pvc://claim/path"
+    )
     parser.add_argument("--name", required=True, help="registered model name")
     parser.add_argument("--run_id", help="the pipeline run's correlation id (default: $PTR_RUN_ID)")
     parser.add_argument(

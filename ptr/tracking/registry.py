@@ -154,7 +154,7 @@ def register_model(
     alias: str = CANDIDATE,
     task: str = "text-generation",
 ) -> dict:
-    """Log ``model_path`` (a local folder or ``s3://`` prefix) as a model, register a new version of
+    """Log ``model_path`` (a local folder, ``s3://`` prefix or ``pvc://`` path) as a model, register a new version of
     ``name``, point ``alias`` at it and tag it with the pipeline's run id.
 
     Returns ``{name, version, uri, mlflow_run_id, ptr_run_id}``.
@@ -164,7 +164,7 @@ def register_model(
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", name):
         raise PtrError(f"--name {name!r}: use letters, digits and . _ - (it becomes part of models:/ URIs)")
     source = str(model_path)
-    local = Path(storage.fetch(source))
+    local = Path(storage.resolve_pvc(source) if source.startswith("pvc://") else storage.fetch(source))
     if not local.is_dir():
         raise PtrError(f"--model_path {source}: not a directory")
     config = _check_model_dir(local)

@@ -259,16 +259,21 @@ class MlflowRun(NullRun):
                     self._loss_records[where] = plots.read_loss_log(f)
 
     def draw_plots(self) -> None:
+        """A plot that cannot be drawn is reported, never a reason to fail the stage that did the work."""
         from ptr.tracking import plots
 
+        jobs = [
+            ("score_vs_round.png", plots.score_vs_round, list(t.values()), w)
+            for w, t in self._round_tables.items()
+        ]
+        jobs += [("loss_curves.png", plots.loss_curves, r, w) for w, r in self._loss_records.items() if r]
         with tempfile.TemporaryDirectory() as tmp:
-            for where, tables in self._round_tables.items():
-                out = plots.score_vs_round(list(tables.values()), Path(tmp) / "score_vs_round.png")
-                self.client.log_artifact(self.run_id, str(out), where or None)
-            for where, records in self._loss_records.items():
-                if records:
-                    out = plots.loss_curves(records, Path(tmp) / "loss_curves.png")
+            for name, draw, data, where in jobs:
+                try:
+                    out = draw(data, Path(tmp) / name)
                     self.client.log_artifact(self.run_id, str(out), where or None)
+                except Exception as err:
+                    print(f"tracking: could not draw {where}/{name}: {err}", file=sys.stderr)
 
 
 def _mark_parent(client, parent_id: str, status: str) -> None:
