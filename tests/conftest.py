@@ -28,7 +28,9 @@ def run_ptr(*args, check: bool = False, env: dict | None = None, cwd=None, timeo
         timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"ptr {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"ptr {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

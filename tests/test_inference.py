@@ -40,7 +40,9 @@ def test_refine_rounds_structure(tiny_backend):
 def test_prefix_reuse_gives_identical_greedy_outputs(tiny_backend):
     params = SamplingParams(max_new_tokens=12)
     with_reuse = refine(tiny_backend, convs(), 3, params)
-    plain = TransformersBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, prefix_reuse=False)
+    plain = TransformersBackend(
+        model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, prefix_reuse=False
+    )
     without = refine(plain, convs(), 3, params)
     assert texts(with_reuse) == texts(without)
 
@@ -57,7 +59,9 @@ def test_prefix_store_skips_recomputing_the_prefix(tiny_backend):
         first = tiny_backend.generate([conv], params, prefix_store=store)[0]
         prompt1 = fed[0]
         fed.clear()
-        second = tiny_backend.generate([continue_conversation(conv, first.text)], params, prefix_store=store)[0]
+        second = tiny_backend.generate([continue_conversation(conv, first.text)], params, prefix_store=store)[
+            0
+        ]
     finally:
         handle.remove()
     assert second.prompt_tokens > prompt1

@@ -12,7 +12,9 @@ from tests.conftest import run_ptr
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
 
 
 def test_tiny_random_is_small_llama_with_chat_template(tiny_path):
@@ -20,7 +22,9 @@ def test_tiny_random_is_small_llama_with_chat_template(tiny_path):
     assert model.config.model_type == "llama"
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
     assert model.config.tie_word_embeddings
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     ids = tok("What is 12 * 7?").input_ids
     assert tok.decode(ids) == "What is 12 * 7?"
@@ -92,7 +96,9 @@ def test_local_directory_and_unknown_references(tiny_path, tmp_path):
 def test_unknown_reference_exits_2_naming_accepted_forms():
     proc = run_ptr("refine", "--model_path", "no-such-model", "--question", "hi")
     assert proc.returncode == 2
-    assert "tiny-random" in proc.stderr and "smollm2-135m-instruct" in proc.stderr and "models:/" in proc.stderr
+    assert (
+        "tiny-random" in proc.stderr and "smollm2-135m-instruct" in proc.stderr and "models:/" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 

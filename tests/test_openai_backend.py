@@ -9,8 +9,10 @@ from tests.support.procs import free_port, start, stop, wait_http
 def server(request, tmp_path):
     fail_first = getattr(request, "param", 0)
     port = free_port()
-    proc = start(["-m", "tests.support.openai_server", "--port", str(port), "--fail_first", str(fail_first)],
-                 log=tmp_path / "server.log")
+    proc = start(
+        ["-m", "tests.support.openai_server", "--port", str(port), "--fail_first", str(fail_first)],
+        log=tmp_path / "server.log",
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
         yield f"http://127.0.0.1:{port}/v1"

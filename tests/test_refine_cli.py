@@ -4,8 +4,20 @@ from tests.conftest import run_ptr
 
 
 def test_refine_one_question_prints_each_round():
-    proc = run_ptr("refine", "--model_path", "tiny-random", "--rounds", "3", "--question", "What is 12*7?",
-                   "--max_new_tokens", "6", "--dtype", "float32", check=True)
+    proc = run_ptr(
+        "refine",
+        "--model_path",
+        "tiny-random",
+        "--rounds",
+        "3",
+        "--question",
+        "What is 12*7?",
+        "--max_new_tokens",
+        "6",
+        "--dtype",
+        "float32",
+        check=True,
+    )
     lines = proc.stdout.splitlines()
     assert [line for line in lines if line.startswith("Round ")] == ["Round 1:", "Round 2:", "Round 3:"]
 
@@ -13,12 +25,26 @@ def test_refine_one_question_prints_each_round():
 def test_refine_batch_writes_rounds_per_line(tmp_path):
     src = tmp_path / "q.jsonl"
     src.write_text(
-        json.dumps({"question": "What is 2+3?", "id": "a"}) + "\n\n"
-        + json.dumps({"messages": [{"role": "user", "content": "Say hi."}], "id": "b"}) + "\n"
+        json.dumps({"question": "What is 2+3?", "id": "a"})
+        + "\n\n"
+        + json.dumps({"messages": [{"role": "user", "content": "Say hi."}], "id": "b"})
+        + "\n"
     )
     out = tmp_path / "a.jsonl"
-    run_ptr("refine", "--model_path", "tiny-random", "--rounds", "2", "--input", src, "--output", out,
-            "--max_new_tokens", "5", check=True)
+    run_ptr(
+        "refine",
+        "--model_path",
+        "tiny-random",
+        "--rounds",
+        "2",
+        "--input",
+        src,
+        "--output",
+        out,
+        "--max_new_tokens",
+        "5",
+        check=True,
+    )
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "b"]
     for r in rows:

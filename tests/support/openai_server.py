@@ -42,7 +42,9 @@ def main() -> None:
 
         def do_GET(self):
             if self.path == "/v1/models":
-                return self._send(200, {"object": "list", "data": [{"id": args.served_name, "object": "model"}]})
+                return self._send(
+                    200, {"object": "list", "data": [{"id": args.served_name, "object": "model"}]}
+                )
             if self.path == "/stats":
                 return self._send(200, state)
             self._send(404, {"error": "not found"})
@@ -75,10 +77,15 @@ def main() -> None:
                 choice["text"] = out.text
             else:
                 choice["message"] = {"role": "assistant", "content": out.text}
-            self._send(200, {
-                "id": "cmpl-test", "model": args.served_name, "choices": [choice],
-                "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens},
-            })
+            self._send(
+                200,
+                {
+                    "id": "cmpl-test",
+                    "model": args.served_name,
+                    "choices": [choice],
+                    "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens},
+                },
+            )
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print("ready", flush=True)
