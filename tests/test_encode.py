@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -335,8 +336,9 @@ def test_thoughts_jsonl_end_to_end_with_python_m(tmp_path, tiny_tok):
     assert meta["tokenizer"]["name"] == "tiny-random" and len(meta["tokenizer"]["hash"]) == 64
     assert meta["dtype"] == "uint16" and meta["max_length"] == 512 and meta["config"]["merge_data"]
     assert meta["counts"]["examples"] == 16 and meta["loss_weights"] == [0.8, 0.1, 0.1]
+    shutil.copytree(corpus, out / ".run1.old-1")  # what a replaced corpus looks like mid-swap: never read
     ds = ShardDataset(out, seed=3, rank=1, world_size=2)  # a folder of corpus folders
-    assert sum(len(ds[i]["doc_lens"]) for i in range(len(ds))) == 16
+    assert len(ds.metas) == 1 and sum(len(ds[i]["doc_lens"]) for i in range(len(ds))) == 16
     texts = sorted(tiny_tok.decode(ids) for ids, _ in documents(ds))
     kept = [r for r in records if r["kept"]]
     assert texts == sorted(tiny_tok.apply_chat_template(ptr_messages(r), tokenize=False) for r in kept)
@@ -458,7 +460,7 @@ import time
 from pathlib import Path
 
 def load(path):
-    for i in range(1100):  # two full batches of 512 are encoded and written, then it blocks
+    for i in range(1100):  # a first batch of 1024 is encoded and written, then it blocks
         yield {"question": f"question {i} " * 5, "output1": f"thought {i} " * 10, "output2": f"answer {i} " * 10}
     Path(path).write_text("blocked")
     time.sleep(600)
@@ -493,7 +495,10 @@ def test_killed_encoder_leaves_no_partial_output(tmp_path):
     assert len(ds) == 3 and sorted(p.name for p in out.iterdir()) == ["ptr"]
 
 
-def test_worker_processes_write_the_same_shards(tmp_path):
+def test_worker_processes_write_the_same_shards(tmp_path, monkeypatch):
+    import ptr.encode.encoder
+
+    monkeypatch.setattr(ptr.encode.encoder, "CHUNK", 100)  # 12 batches, spread over the workers
     records = [thought_record(i, n_thoughts=1 + i % 3) for i in range(1200)]
     _, one = run_encode(tmp_path, records, name="one", merge_data=True, max_length=512, num_proc=1)
     _, two = run_encode(tmp_path, records, name="two", merge_data=True, max_length=512, num_proc=2)

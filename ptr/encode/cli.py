@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ptr.encode.encoder import EncodeConfig, config, encode
 from ptr.errors import cli_errors
@@ -52,8 +53,8 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    cfg = config(**vars(args))
-    summary = encode(cfg, argv=list(argv) if argv is not None else None)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = config(**vars(parser().parse_args(argv)))
+    summary = encode(cfg, argv=argv)
     print(json.dumps(summary))
     return 0

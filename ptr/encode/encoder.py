@@ -33,7 +33,9 @@ from ptr.jsonl import write_json
 from ptr.prompts import REFINE_PROMPT
 
 FORMAT_VERSION = 1
-CHUNK = 512  # examples per tokenizer batch / worker task
+# Examples per tokenizer batch and per worker task: the fast tokenizer costs less per text in big
+# batches (measured: ~40% more CPU per text in batches of 512 than of 2,000).
+CHUNK = 4096
 # λ1 (answer NLL), λ2 (consistency), λ3 (confidence): DESIGN.md's defaults; the trainer may override.
 DEFAULT_LOSS_WEIGHTS = {"ptr": [0.8, 0.1, 0.1], "qa": [1.0, 0.0, 0.0], "pretrain": [1.0, 0.0, 0.0]}
 
@@ -134,8 +136,11 @@ def _ordered_map(pool, chunks: Iterator[list], ahead: int):
 
 
 def _chunks(examples: Iterator, size: int) -> Iterator[list]:
-    while batch := list(islice(examples, size)):
+    """Batches of ``size`` examples, the first ones smaller (1024, 2048, …) so work starts early."""
+    step = min(1024, size)
+    while batch := list(islice(examples, step)):
         yield batch
+        step = min(2 * step, size)
 
 
 # -- staging and publishing -----------------------------------------------------------------------
