@@ -506,3 +506,27 @@ def test_worker_processes_write_the_same_shards(tmp_path, monkeypatch):
     for i in range(len(one)):
         a, b = one[i], two[i]
         assert all((a[k] == b[k]).all() for k in ("input_ids", "segments", "doc_lens"))
+
+
+def test_tracked_run_records_config_counts_and_data(tmp_path, monkeypatch):
+    """With tracking on (the local sqlite store), the stage's run has its config, counts, meta and
+    summary, and its input and output as datasets."""
+    for key in ("MLFLOW_TRACKING_URI", "PTR_RUN_ID", "RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PTR_TRACKING", "local")
+    monkeypatch.setenv("PTR_LOCAL_DIR", str(tmp_path / ".ptr"))
+    monkeypatch.setenv("PTR_EXPERIMENT", "encode-test")
+    from mlflow import MlflowClient
+
+    from ptr.tracking import tracking_uri
+
+    summary, _ = run_encode(tmp_path, [thought_record(1), thought_record(2, kept=False)])
+    client = MlflowClient(tracking_uri())
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("encode-test").experiment_id], "tags.`ptr.stage` = 'encode'"
+    )
+    assert run.data.metrics["encode.examples"] == 1 and run.data.metrics["encode.tokens"] == summary["tokens"]
+    assert run.data.params["tokenizer_path"] == "tiny-random" and run.data.params["encode_type"] == "ptr"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"meta.json", "summary.json"}
+    contexts = {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+    assert contexts == {"encode", "encoded"}

@@ -279,10 +279,15 @@ def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
     if remote:
         _publish_remote(final, f"{cfg.output_path.rstrip('/')}/{cfg.corpus_name}", shards)
     summary["path"] = f"{cfg.output_path.rstrip('/')}/{cfg.corpus_name}" if remote else str(final)
-    with stage_run("encode", params=cfg.model_dump()) as run:
-        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+    with stage_run(
+        "encode", params=cfg.model_dump(), tags={"ptr.tokenizer_hash": meta["tokenizer"]["hash"]}
+    ) as run:
+        run.log_metrics({f"encode.{k}": v for k, v in summary.items() if isinstance(v, int | float)})
         run.log_artifact(final / "summary.json")
         run.log_artifact(final / "meta.json")
+        if cfg.input and (storage.is_remote(cfg.input) or Path(cfg.input).exists()):
+            run.log_dataset(cfg.input, context="encode")
+        run.log_dataset(summary["path"], name=cfg.corpus_name, context="encoded")
     return summary
 
 
