@@ -437,6 +437,26 @@ def test_bad_input_exits_2_with_file_line_and_publishes_nothing(tmp_path, capsys
         assert sorted(p.name for p in out.iterdir()) == ["ptr"]  # no staging left behind
 
 
+def test_bad_flags_exit_2(tmp_path, capsys):
+    none_kept = write_jsonl(
+        tmp_path / "none.jsonl", [thought_record(1, kept=False), thought_record(2, kept=False)]
+    )
+    base = ["--tokenizer_path", "tiny-random", "--output_path", str(tmp_path / "out")]
+    for extra, expected in [
+        ([], "give --input"),
+        (
+            ["--input", "x.jsonl", "--corpus_name", "../up"],
+            "--corpus_name: '../up' is not a plain folder name",
+        ),
+        (["--input", "x.jsonl", "--max_length", "0"], "--max_length: Input should be greater than 0"),
+        (["--input", str(tmp_path / "missing.jsonl")], "missing.jsonl: no such file or folder"),
+        (["--input", str(none_kept)], "nothing to encode: 2 records read, dropped {'not_kept': 2}"),
+    ]:
+        assert encode_main([*base, *extra]) == 2
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out" / "ptr").exists() and not list((tmp_path / "out").glob(".ptr*"))
+
+
 def test_shard_write_failure_leaves_no_shard(tmp_path, monkeypatch):
     writer = ShardWriter(tmp_path, "uint16", tokens_per_file=10**9)
     writer.add(np.arange(10), np.zeros(10), [4, 6])

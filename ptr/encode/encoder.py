@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ptr import storage
 from ptr.encode.layout import ChatLayout, end_of_turn_tokens, tokenizer_hash, vocab_size
 from ptr.encode.packing import BestFitPacker
-from ptr.encode.records import Drop, Example, iter_input, iter_loader, to_example
+from ptr.encode.records import Drop, Example, input_files, iter_input, iter_loader, to_example
 from ptr.encode.shards import ANSWER, IGNORE, MAX_THOUGHTS, ShardWriter
 from ptr.errors import InputError, PtrError
 from ptr.jsonl import write_json
@@ -66,6 +66,12 @@ class EncodeConfig(BaseModel):
             raise ValueError(f"{value!r} is not a plain folder name")
         return value
 
+    @model_validator(mode="after")
+    def _has_source(self):
+        if not self.input and not self.data_loader_path:
+            raise ValueError("give --input (a JSONL file, a folder of them, or s3://) or --data_loader_path")
+        return self
+
     @field_validator("tokens_per_file", mode="before")
     @classmethod
     def _float_count(cls, value):
@@ -82,7 +88,8 @@ def config(**values) -> EncodeConfig:
         return EncodeConfig(**values)
     except ValidationError as err:
         first = err.errors()[0]
-        raise PtrError(f"--{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        where, message = ".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, ")
+        raise PtrError(f"--{where}: {message}" if where else message) from None
 
 
 # -- dtype ----------------------------------------------------------------------------------------
@@ -187,10 +194,8 @@ def _publish_remote(local: Path, uri: str, shards: list[str]) -> None:
 def _examples(cfg: EncodeConfig, input_path: Path | None, counts: Counter) -> Iterator[Example]:
     if cfg.data_loader_path:
         records = iter_loader(cfg.data_loader_path, input_path)
-    elif input_path is not None:
-        records = iter_input(input_path)
     else:
-        raise PtrError("give --input (a JSONL file, a folder of them, or s3://) or --data_loader_path")
+        records = iter_input(input_path)
     for where, record in records:
         counts["read"] += 1
         example = to_example(record, where, cfg.encode_type, cfg.refine_prompt)
@@ -213,7 +218,6 @@ def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
     from tqdm import tqdm
 
     from ptr.models import load_tokenizer, resolve
-    from ptr.tracking import stage_run
 
     started = time.perf_counter()
     model_dir = resolve(cfg.tokenizer_path)
@@ -227,6 +231,8 @@ def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
         )
     layout = ChatLayout(tokenizer, end_of_turn=end_of_turn_tokens(tokenizer, model_dir))
     input_path = storage.fetch(cfg.input) if cfg.input else None
+    if not cfg.data_loader_path:
+        input_files(input_path)  # a missing input fails before any folder is made
 
     remote = storage.is_remote(cfg.output_path)
     if remote:
@@ -263,11 +269,15 @@ def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
             if packer is not None:
                 for seq in packer.finish():
                     _write(writer, seq, counts, segment_tokens)
+        if not counts["examples"]:
+            dropped = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("dropped:")}
+            raise PtrError(f"nothing to encode: {counts['read']} records read, dropped {dropped or 'none'}")
         shards = writer.close()
         summary = _summary(cfg, counts, segment_tokens, shards, time.perf_counter() - started)
         meta = _meta(cfg, tokenizer, model_dir, vocab, dtype, counts, summary, argv, layout)
-        write_json(staging / "summary.json", summary)
-        write_json(staging / "meta.json", meta)  # last: a corpus is complete once meta.json exists
+        for name, obj in (("summary.json", summary), ("meta.json", meta)):  # meta last: it marks completion
+            write_json(staging / name, obj)
+            os.chmod(staging / name, 0o644)  # readable by the trainer's user, like the shards
         final = parent / cfg.corpus_name
         _publish_local(staging, final)
     except BaseException:
@@ -276,19 +286,28 @@ def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
     finally:
         if pool is not None:
             pool.terminate()
-    if remote:
-        _publish_remote(final, f"{cfg.output_path.rstrip('/')}/{cfg.corpus_name}", shards)
     summary["path"] = f"{cfg.output_path.rstrip('/')}/{cfg.corpus_name}" if remote else str(final)
-    with stage_run(
-        "encode", params=cfg.model_dump(), tags={"ptr.tokenizer_hash": meta["tokenizer"]["hash"]}
-    ) as run:
+    try:
+        if remote:
+            _publish_remote(final, summary["path"], shards)
+        _track(cfg, summary, meta, final)
+    finally:
+        if remote:  # the store holds the corpus now: no second copy left in the cache
+            shutil.rmtree(final, ignore_errors=True)
+    return summary
+
+
+def _track(cfg: EncodeConfig, summary: dict, meta: dict, corpus: Path) -> None:
+    from ptr.tracking import stage_run
+
+    tags = {"ptr.tokenizer_hash": meta["tokenizer"]["hash"]}
+    with stage_run("encode", params=cfg.model_dump(), tags=tags) as run:
         run.log_metrics({f"encode.{k}": v for k, v in summary.items() if isinstance(v, int | float)})
-        run.log_artifact(final / "summary.json")
-        run.log_artifact(final / "meta.json")
+        run.log_artifact(corpus / "summary.json")
+        run.log_artifact(corpus / "meta.json")
         if cfg.input and (storage.is_remote(cfg.input) or Path(cfg.input).exists()):
             run.log_dataset(cfg.input, context="encode")
         run.log_dataset(summary["path"], name=cfg.corpus_name, context="encoded")
-    return summary
 
 
 def _sequences(result, cfg: EncodeConfig, packer, counts: Counter):
@@ -336,9 +355,10 @@ def _summary(cfg, counts: Counter, segment_tokens: Counter, shards: list[str], s
         "tokens": tokens,  # without padding: the shards hold none
         "loss_tokens": tokens - segment_tokens[IGNORE],
         "tokens_by_segment": {_segment_name(c): n for c, n in sorted(segment_tokens.items())},
+        # Filled share of max_length sequences (packed runs only).
         "packing_efficiency": round(tokens / (counts["sequences"] * cfg.max_length), 4)
-        if counts["sequences"]
-        else 0.0,
+        if cfg.merge_data and counts["sequences"]
+        else None,
         "shards": len(shards),
         "seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else 0.0,

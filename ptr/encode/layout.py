@@ -71,7 +71,7 @@ def vocab_size(tokenizer) -> int:
 
 
 class ChatLayout:
-    """Encodes batches of :class:`Example`; picklable state only, so worker processes can hold one."""
+    """Encodes batches of :class:`Example` (worker processes inherit one by fork)."""
 
     def __init__(self, tokenizer, *, end_of_turn: list[str]):
         if not getattr(tokenizer, "is_fast", False):
