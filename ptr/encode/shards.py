@@ -100,7 +100,12 @@ def _corpus_dirs(path: Path) -> list[Path]:
     if (path / "meta.json").exists():
         return [path]
     found = (
-        sorted(p for p in path.iterdir() if p.is_dir() and (p / "meta.json").exists())
+        # Hidden folders are an encoder's staging or the corpus it is replacing, never read.
+        sorted(
+            p
+            for p in path.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / "meta.json").exists()
+        )
         if path.is_dir()
         else []
     )

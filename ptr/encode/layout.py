@@ -1,0 +1,218 @@
+"""Examples → token ids and segment codes, through the tokenizer's own chat template.
+
+The whole conversation is rendered and tokenized as one text, so the ids are exactly those the
+template gives (no seams from tokenizing pieces separately). Segment spans are found in characters
+and mapped to tokens with the fast tokenizer's offsets (``char_to_token``):
+
+* contents are wrapped in private-use marker characters before rendering; removing them gives the
+  text and the exact span of every content, wherever the template puts it (a default system prompt,
+  role headers, a BOS). The result is compared with a plain render; if they differ (a template that
+  inspects or escapes content), the plain render is used and contents are searched in order.
+* a template that only prints contents (``ptr.encode.template``) is rendered once per role sequence
+  with empty contents, and each example's contents are dropped in; the first few examples of each
+  role sequence are still compared with a full render.
+* an assistant turn's span runs from its content through its end-of-turn token (the first
+  EOS/end-of-turn token the template writes after the content), so the model learns to stop.
+* a token that overlaps a span's characters belongs to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ptr.encode.records import Example
+from ptr.encode.shards import ANSWER, IGNORE
+from ptr.encode.template import content_agnostic
+from ptr.errors import PtrError
+
+OPEN, CLOSE = "\ue000", "\ue001"
+_MARKERS = re.compile(f"[{OPEN}{CLOSE}]")
+VERIFY_FIRST = 8  # examples of each role sequence checked against a full render
+
+
+def end_of_turn_tokens(tokenizer, model_dir: str | None = None) -> list[str]:
+    """Strings of the tokens that end an assistant turn: EOS, the generation config's EOS ids, and
+    the usual end-of-turn tokens the vocabulary has."""
+    from ptr.inference.hf import END_OF_TURN
+
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if model_dir and (Path(model_dir) / "generation_config.json").is_file():
+        eos = json.loads((Path(model_dir) / "generation_config.json").read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
+    backend = tokenizer.backend_tokenizer
+    ids.update(i for t in END_OF_TURN if (i := backend.token_to_id(t)) is not None)
+    tokens = {tokenizer.convert_ids_to_tokens(i) for i in ids}
+    special = set(tokenizer.all_special_tokens) | {
+        t.content for t in tokenizer.added_tokens_decoder.values() if t.special
+    }
+    return sorted((t for t in tokens if t and t in special), key=len, reverse=True)
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """Content hash: vocabulary and merges, normalization, special tokens and chat template."""
+    h = hashlib.sha256()
+    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    h.update((tokenizer.chat_template or "").encode() if isinstance(tokenizer.chat_template, str) else b"")
+    return h.hexdigest()
+
+
+def vocab_size(tokenizer) -> int:
+    """One past the largest id the tokenizer can produce (added tokens included)."""
+    added = max(tokenizer.added_tokens_decoder, default=-1) + 1
+    return max(len(tokenizer), tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True), added)
+
+
+class ChatLayout:
+    """Encodes batches of :class:`Example` (worker processes inherit one by fork)."""
+
+    def __init__(self, tokenizer, *, end_of_turn: list[str]):
+        if not getattr(tokenizer, "is_fast", False):
+            raise PtrError("the encoder needs a fast (Rust) tokenizer for character offsets")
+        self.tokenizer = tokenizer
+        self.backend = tokenizer.backend_tokenizer
+        self.end_of_turn = list(end_of_turn)
+        self.eot = re.compile("|".join(map(re.escape, end_of_turn))) if end_of_turn else None
+        self.eos_id = tokenizer.eos_token_id
+        # Content-agnostic templates are rendered once per role sequence; see ptr.encode.template.
+        self.agnostic = content_agnostic(tokenizer.chat_template)
+        self._skeletons: dict[tuple, list[str] | None] = {}
+        self._checked: dict[tuple, int] = {}
+
+    # -- rendering ----------------------------------------------------------------------------------
+
+    def _apply(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False)
+
+    def render(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        """The templated text and each message's content span (character offsets)."""
+        if any(OPEN in m["content"] or CLOSE in m["content"] for m in messages):
+            return self._render_by_search(messages)
+        if self.agnostic:
+            key = tuple(m["role"] for m in messages)
+            if key not in self._skeletons:
+                try:
+                    self._skeletons[key] = self._marked_pieces([""] * len(messages), messages)
+                except Exception:  # e.g. a template that refuses empty contents
+                    self._skeletons[key] = None
+            if (skeleton := self._skeletons[key]) is not None:
+                text, spans = _splice(skeleton, [m["content"] for m in messages])
+                checked = self._checked.get(key, 0)
+                if checked >= VERIFY_FIRST:
+                    return text, spans
+                if text == self._apply(messages):  # the first few of each shape are checked in full
+                    self._checked[key] = checked + 1
+                    return text, spans
+                self.agnostic = False  # the analysis missed something: render every example from now on
+        pieces = self._marked_pieces([m["content"] for m in messages], messages)
+        if pieces is not None:
+            text, spans = _splice(pieces, [m["content"] for m in messages])
+            # A template that branches on content could render the marked copy differently.
+            if text == self._apply(messages):
+                return text, spans
+        return self._render_by_search(messages)
+
+    def _marked_pieces(self, contents: list[str], messages: list[dict]) -> list[str] | None:
+        """The template's text around each content, or None if the template did not keep the markers
+        and the contents exactly as given."""
+        marked = self._apply(
+            [{**m, "content": f"{OPEN}{c}{CLOSE}"} for m, c in zip(messages, contents, strict=True)]
+        )
+        pieces = _MARKERS.split(marked)
+        if _MARKERS.findall(marked) != [OPEN, CLOSE] * len(messages):
+            return None
+        if any(pieces[2 * k + 1] != c for k, c in enumerate(contents)):
+            return None
+        return pieces[0::2]
+
+    def _render_by_search(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        text = self._apply(messages)
+        spans, cursor = [], 0
+        for k, m in enumerate(messages):
+            start = text.find(m["content"], cursor)
+            if start < 0:
+                raise ValueError(f"the chat template does not reproduce message {k}'s content")
+            spans.append((start, start + len(m["content"])))
+            cursor = start + len(m["content"])
+        return text, spans
+
+    def _loss_spans(self, text: str, spans, codes) -> list[tuple[int, int, int]]:
+        """``(start, end, code)`` character spans: assistant contents through their end-of-turn."""
+        out = []
+        for k, ((start, end), code) in enumerate(zip(spans, codes, strict=True)):
+            if code == IGNORE:
+                continue
+            limit = spans[k + 1][0] if k + 1 < len(spans) else len(text)
+            if self.eot is not None and (m := self.eot.search(text, end, limit)):
+                end = m.end()
+            out.append((start, end, code))
+        return out
+
+    # -- encoding -----------------------------------------------------------------------------------
+
+    def encode_batch(self, examples: list[Example]) -> list[tuple[np.ndarray, np.ndarray] | str]:
+        """Per example ``(ids int32, segments uint8)``, or an error message for that example."""
+        results: list = [None] * len(examples)
+        chats, raws = [], []
+        for i, ex in enumerate(examples):
+            (raws if ex.text is not None else chats).append(i)
+        if chats:
+            texts, all_spans = [], []
+            for i in chats:
+                ex = examples[i]
+                try:
+                    text, spans = self.render(ex.messages)
+                except Exception as err:  # jinja raise_exception, a role order the template refuses
+                    results[i] = f"{ex.where}: chat template: {err}"
+                    texts.append("")
+                    all_spans.append([])
+                    continue
+                texts.append(text)
+                all_spans.append(self._loss_spans(text, spans, ex.codes))
+            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+            for i, enc, spans in zip(chats, encodings, all_spans, strict=True):
+                if results[i] is not None:
+                    continue
+                ids = np.asarray(enc.ids, dtype=np.int32)
+                segments = np.zeros(len(ids), dtype=np.uint8)
+                for start, end, code in spans:
+                    first, last = _token_at(enc, start, end, 1), _token_at(enc, end - 1, start - 1, -1)
+                    if first is not None and last is not None and first <= last:
+                        segments[first : last + 1] = code
+                results[i] = (ids, segments)
+        if raws:
+            encodings = self.backend.encode_batch([examples[i].text for i in raws], add_special_tokens=True)
+            for i, enc in zip(raws, encodings, strict=True):
+                ids = enc.ids
+                if self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
+                    ids = [*ids, self.eos_id]  # documents end with EOS, so packed ones stay apart
+                ids = np.asarray(ids, dtype=np.int32)
+                results[i] = (ids, np.full(len(ids), ANSWER, dtype=np.uint8))
+        return results
+
+
+def _splice(skeleton: list[str], contents: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Contents dropped between the template's pieces; returns the text and each content's span."""
+    parts, spans, pos = [skeleton[0]], [], len(skeleton[0])
+    for content, after in zip(contents, skeleton[1:], strict=True):
+        spans.append((pos, pos + len(content)))
+        parts += [content, after]
+        pos += len(content) + len(after)
+    return "".join(parts), spans
+
+
+def _token_at(encoding, char: int, stop: int, step: int) -> int | None:
+    """The token covering ``char``, or the nearest one towards ``stop`` (whitespace a tokenizer
+    trims from offsets belongs to no token)."""
+    for c in range(char, stop, step):
+        t = encoding.char_to_token(c)
+        if t is not None:
+            return t
+    return None

@@ -1,0 +1,159 @@
+"""Encoder throughput versus the raw fast-tokenizer batch encode of the same texts (the limit) and
+versus ``datasets.map(batched=True)`` tokenization.
+
+10,000 PTR chat examples (query, one thought, final answer) of about 300 tokens each, SmolLM2's
+tokenizer. The encoder runs end to end (JSONL in, chat template, segment codes, best-fit packing,
+shards on disk, tokenizer loading included); the two references only tokenize the already-templated
+texts in memory. Each figure is the best of a few runs (the machine is shared). The last line of
+stdout is one JSON object: ``ratio`` = encoder tokens/s ÷ raw limit tokens/s (wall clock);
+``ratio_vs_datasets_map`` beside it, and both again from CPU seconds (``*_cpu``), which a loaded
+machine disturbs less.
+
+    .venv/bin/python tests/bench/encode.py [--examples 10000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from ptr.encode.encoder import EncodeConfig, encode  # noqa: E402
+from ptr.encode.records import ptr_example  # noqa: E402
+from ptr.models import load_tokenizer  # noqa: E402
+from ptr.prompts import REFINE_PROMPT  # noqa: E402
+
+TOKENIZER = "smollm2-135m-instruct"
+
+
+def make_records(n: int, seed: int = 0) -> list[dict]:
+    """Deterministic English-like text: sentences of the tiny corpus, shuffled, with numbers mixed in."""
+    sentences = [s for s in (REPO / "ptr/models/tiny_corpus.txt").read_text().splitlines() if s.strip()]
+    words = " ".join(sentences).split()
+    rng = random.Random(seed)
+
+    def text(n_words: int) -> str:
+        out = []
+        while len(out) < n_words:
+            if rng.random() < 0.1:
+                out.append(str(rng.randint(0, 99999)))
+            else:
+                out.extend(rng.choice(words) for _ in range(rng.randint(3, 12)))
+        return " ".join(out[:n_words])
+
+    return [
+        {
+            "id": f"bench-{i}",
+            "query": text(rng.randint(25, 40)),
+            "thoughts": [{"round": 1, "model": "weak", "text": text(rng.randint(75, 95))}],
+            "answer": {"model": "strong", "text": text(rng.randint(85, 110))},
+            "kept": True,
+        }
+        for i in range(n)
+    ]
+
+
+def best_of(repeats: int, func):
+    """(best wall seconds, best CPU seconds of this process and its threads, last result)."""
+    walls, cpus, result = [], [], None
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = func()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus), result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--examples", type=int, default=10_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--num_proc", type=int, default=None)
+    args = ap.parse_args()
+
+    from datasets import Dataset, disable_progress_bars
+
+    disable_progress_bars()
+    tokenizer = load_tokenizer(TOKENIZER)
+    records = make_records(args.examples)
+    texts = [
+        tokenizer.apply_chat_template(ptr_example(r, "bench", REFINE_PROMPT).messages, tokenize=False)
+        for r in records
+    ]
+    work = Path(tempfile.mkdtemp(prefix="ptr-bench-encode-"))
+    try:
+        data = work / "thoughts.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+        raw_s, raw_cpu, raw = best_of(
+            args.repeats, lambda: tokenizer(texts, add_special_tokens=False)["input_ids"]
+        )
+        tokens = sum(map(len, raw))
+
+        dataset = Dataset.from_dict({"text": texts})
+        ds_s, ds_cpu, _ = best_of(
+            args.repeats,
+            lambda: dataset.map(
+                lambda b: tokenizer(b["text"], add_special_tokens=False),
+                batched=True,
+                remove_columns=["text"],
+            ),
+        )
+
+        cfg = EncodeConfig(
+            tokenizer_path=TOKENIZER,
+            input=str(data),
+            output_path=str(work / "out"),
+            corpus_name="bench",
+            encode_type="ptr",
+            max_length=2048,
+            merge_data=True,
+            num_proc=args.num_proc,
+        )
+        enc_s, enc_cpu, summary = best_of(args.repeats, lambda: encode(cfg))
+        if summary["tokens"] != tokens:
+            raise SystemExit(f"encoder wrote {summary['tokens']} tokens, raw encode gives {tokens}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    result = {
+        "ratio": round(raw_s / enc_s, 3),
+        "ratio_vs_datasets_map": round(ds_s / enc_s, 3),
+        # CPU seconds (all threads) are steadier than wall time on a shared machine.
+        "ratio_cpu": round(raw_cpu / enc_cpu, 3),
+        "ratio_vs_datasets_map_cpu": round(ds_cpu / enc_cpu, 3),
+        "encoder_tokens_per_s": round(tokens / enc_s),
+        "raw_tokenizer_tokens_per_s": round(tokens / raw_s),
+        "datasets_map_tokens_per_s": round(tokens / ds_s),
+        "encoder_s": round(enc_s, 3),
+        "raw_tokenizer_s": round(raw_s, 3),
+        "datasets_map_s": round(ds_s, 3),
+        "encoder_cpu_s": round(enc_cpu, 3),
+        "raw_tokenizer_cpu_s": round(raw_cpu, 3),
+        "datasets_map_cpu_s": round(ds_cpu, 3),
+        "examples": args.examples,
+        "tokens": tokens,
+        "tokens_per_example": round(tokens / args.examples, 1),
+        "tokenizer": TOKENIZER,
+        "encoder_includes": "tokenizer load, JSONL read, chat template, codes, packing, shard write",
+        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "default"),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
