@@ -291,12 +291,12 @@ def test_too_long_examples_are_dropped_or_truncated_and_counted(tmp_path):
 
 def test_dtype_follows_the_vocabulary_not_the_ids_seen():
     assert choose_dtype(None, 778) == "uint16"
-    assert choose_dtype(None, 65536) == "uint16"
-    assert choose_dtype(None, 65537) == "int32"
+    assert choose_dtype(None, 65535) == "uint16"
+    assert choose_dtype(None, 65536) == "int32"  # the bound: uint16 only below 65,536 entries
     assert choose_dtype(None, 151_936) == "int32"
-    assert choose_dtype("int16", 32000) == "int16"
+    assert choose_dtype("int16", 32767) == "int16"
     assert choose_dtype("int32", 778) == "int32"
-    for requested, vocab in [("int16", 32769), ("int16", 49152), ("uint16", 65537), ("uint16", 128_256)]:
+    for requested, vocab in [("int16", 32768), ("int16", 49152), ("uint16", 65536), ("uint16", 128_256)]:
         with pytest.raises(PtrError, match=f"--save_dtype {requested} cannot hold"):
             choose_dtype(requested, vocab)
 

@@ -96,15 +96,16 @@ def config(**values) -> EncodeConfig:
 
 
 def choose_dtype(requested: str | None, vocab: int) -> str:
-    """The token dtype for a vocabulary of ``vocab`` ids; a dtype that cannot hold every id is refused."""
+    """The token dtype for a vocabulary of ``vocab`` ids, decided by the vocabulary, never by the ids
+    seen: uint16 below 65,536 entries, else int32; int16 only below 32,768. Others are refused."""
+    limits = {"uint16": 65_536, "int16": 32_768, "int32": 2**31}
     if requested is None:
-        return "uint16" if vocab <= np.iinfo(np.uint16).max + 1 else "int32"
-    if vocab - 1 > np.iinfo(np.dtype(requested)).max:
+        return "uint16" if vocab < limits["uint16"] else "int32"
+    if vocab >= limits[requested]:
+        fits = [name for name in ("uint16", "int32") if vocab < limits[name]]
         raise PtrError(
-            f"--save_dtype {requested} cannot hold this tokenizer's ids (vocabulary of {vocab:,}; "
-            f"{requested} holds ids up to {np.iinfo(np.dtype(requested)).max:,}); use "
-            + ("uint16 or " if vocab <= 65536 else "")
-            + "int32"
+            f"--save_dtype {requested} cannot hold this tokenizer's vocabulary ({vocab:,} entries; "
+            f"{requested} is accepted below {limits[requested]:,}); use {' or '.join(fits)}"
         )
     return requested
 
