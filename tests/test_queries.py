@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ptr.data.decontam import NgramIndex, eval_questions
+from ptr.data.decontam import NgramIndex, eval_questions, ngram_words
 from ptr.data.queries import QueriesConfig, run_queries
 from ptr.data.sources import BUILTIN_PATH, read_queries
 from tests.conftest import run_ptr
@@ -90,7 +90,7 @@ def _eval_dir(tmp_path):
     (root / "gsm8k").mkdir(parents=True)
     (root / "mmlu" / "data" / "test").mkdir(parents=True)
     (root / "winogrande" / "official").mkdir(parents=True)
-    gsm = "Tom has three red apples and buys five more green apples at the market on a sunny Monday morning. How many apples?"
+    gsm = "Tom has three red apples and buys five more green apples at the market on sunny Monday morning. How many apples?"
     _write_jsonl(root / "gsm8k" / "test.jsonl", [{"question": gsm, "answer": "#### 8"}])
     (root / "mmlu" / "data" / "test" / "x_test.csv").write_text(
         '"Which planet in our solar system has the largest number of confirmed moons today?",a,b,c,d,A\n'
@@ -127,14 +127,10 @@ def test_decontamination_drops_shared_ngrams_and_whole_short_questions(tmp_path)
 def test_decontamination_against_the_real_eval_sets(data_dir):
     index = NgramIndex(eval_questions(data_dir))
     gsm = json.loads((data_dir / "gsm8k" / "test.jsonl").open().readline())["question"]
-    hella = json.loads((data_dir / "hellaswag" / "hellaswag_val_full.jsonl").open().readline())["ctx"]
-    assert index.match(
-        [f"Solve this: {gsm}", f"Continue the story. {hella.split(': ', 1)[1]}", "What is love?"]
-    ) == [
-        "gsm8k",
-        "hellaswag",
-        None,
-    ]
+    with (data_dir / "hellaswag" / "hellaswag_val_full.jsonl").open() as f:
+        ctx = next(c for c in (json.loads(line)["ctx"] for line in f) if len(ngram_words(c)) > 20)
+    probes = [f"Solve this: {gsm}", f"Continue the story. {ctx.split(': ', 1)[1]}", "What is love?"]
+    assert index.match(probes) == ["gsm8k", "hellaswag", None]
     assert {"gsm8k", "math", "mmlu", "arc", "xsum", "drop", "humaneval"} <= set(index.counts)
 
 
@@ -169,3 +165,14 @@ def test_cli_bad_decontaminate_dir_exit_2(tmp_path):
     proc = run_ptr("queries", "--output_path", tmp_path / "q.jsonl", "--decontaminate_dir", tmp_path)
     assert proc.returncode == 2
     assert "found no evaluation sets" in proc.stderr
+
+
+def test_formula_letters_alone_do_not_make_a_shared_ngram():
+    formula = "Let F_0 = 0, F_1 = 1 and F_n = F_{n-1} + F_{n-2} for n > 1."
+    index = NgramIndex({"math": [f"{formula} What is gcd(F_10, F_11)?"]}, n=13, min_words=8)
+    assert index.match(
+        [f"Recursion example: {formula} Write it in Python.", f"{formula} What is gcd(F_10, F_11)?"]
+    ) == [
+        None,
+        "math",
+    ]

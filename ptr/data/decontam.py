@@ -1,6 +1,6 @@
 """Decontamination: drop queries that share a long word n-gram with an evaluation question.
 
-Texts are lower-cased and split into word characters; each word is hashed once and every n-gram gets a
+Texts are lower-cased and split into words of two or more letters or digits; each word is hashed once and every n-gram gets a
 64-bit polynomial hash of its word hashes, computed for all texts at once with numpy. The evaluation
 side is a sorted array of hashes, so a query is checked with one binary search per n-gram. Evaluation
 questions shorter than ``n`` words (but at least ``min_words``) are matched whole: a query contains
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -34,6 +35,12 @@ _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio); a
 
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
+
+
+def ngram_words(text: str) -> list[str]:
+    """The words n-grams are made of: single characters left out, so that a run of formula variables
+    and digits (``F_0 = 0, F_1 = 1, F_n = …``) cannot make a 13-gram shared by unrelated texts."""
+    return [w for w in _WORD.findall(text.lower()) if len(w) > 1]
 
 
 def normalize(text: str) -> str:
@@ -151,13 +158,13 @@ class _Words:
     """All texts' word hashes in one flat array, with each text's start and length."""
 
     def __init__(self, texts: list[str]):
-        lists = [words(t) for t in texts]
+        lists = [ngram_words(t) for t in texts]
         self.lengths = np.fromiter((len(w) for w in lists), dtype=np.int64, count=len(lists))
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
         total = int(self.lengths.sum())
         # Python's string hash (SipHash) mixes well; it is stable within one process, which is all
         # the index needs: it is built and queried in the same run.
-        flat = np.fromiter((hash(w) for ws in lists for w in ws), dtype=np.int64, count=total)
+        flat = np.fromiter(map(hash, itertools.chain.from_iterable(lists)), dtype=np.int64, count=total)
         self.flat = flat.view(np.uint64)
 
     def grams(self, n: int) -> tuple[np.ndarray, np.ndarray]:
