@@ -176,3 +176,14 @@ def test_formula_letters_alone_do_not_make_a_shared_ngram():
         None,
         "math",
     ]
+
+
+def test_hugging_face_dataset_input(tmp_path):
+    # A local dataset folder goes through the same `datasets.load_dataset` call as a hub name.
+    pytest.importorskip("datasets", reason="`datasets` comes with the bench extras")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", [{"instruction": "Explain tides."}, {"instruction": "Explain wind."}])
+    got = read_queries(f"hf:{folder}", split="train")
+    assert [q.text for q in got] == ["Explain tides.", "Explain wind."]
+    assert got[1].source == "ds:row 1"

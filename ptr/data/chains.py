@@ -44,8 +44,11 @@ class ChainRun:
         self.tokens: Counter = Counter()
 
     def load(self) -> None:
+        """Load every model, the embedding model too, so that a missing piece fails before hours of
+        generation rather than after the first batch."""
         for spec in [*self.weak, self.strong, *([self.judge] if self.judge else [])]:
             self.pool.get(spec)
+        embeddings.load(self.config.embedding_model)
 
     def params(self, spec: ModelSpec, role: str, seed: int) -> SamplingParams:
         c, stop = self.config, stops_for(self.pool.get(spec))
