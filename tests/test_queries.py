@@ -183,7 +183,9 @@ def test_hugging_face_dataset_input(tmp_path):
     pytest.importorskip("datasets", reason="`datasets` comes with the bench extras")
     folder = tmp_path / "ds"
     folder.mkdir()
-    _write_jsonl(folder / "train.jsonl", [{"instruction": "Explain tides."}, {"instruction": "Explain wind."}])
+    _write_jsonl(
+        folder / "train.jsonl", [{"instruction": "Explain tides."}, {"instruction": "Explain wind."}]
+    )
     got = read_queries(f"hf:{folder}", split="train")
     assert [q.text for q in got] == ["Explain tides.", "Explain wind."]
     assert got[1].source == "ds:row 1"

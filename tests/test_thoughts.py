@@ -274,14 +274,14 @@ def test_final_answer_prompt_holds_query_and_every_attempt():
 @pytest.mark.smollm
 def test_smollm_weak_and_strong_produce_kept_records(tmp_path, smollm_path):
     queries = tmp_path / "q.jsonl"
-    short = [q + " Answer in one or two sentences." for q in QUERIES]
+    short = [q + " Answer in one short sentence." for q in QUERIES]
     queries.write_text("".join(json.dumps({"id": f"s{i}", "query": q}) + "\n" for i, q in enumerate(short)))
     cfg = ThoughtsConfig(
         queries=str(queries),
         output_path=str(tmp_path / "t.jsonl"),
         weak_models=["smollm2-135m-instruct"],
         strong_model="smollm2-135m-instruct",
-        max_new_tokens=96,
+        max_new_tokens=64,
         temperature=0.8,
         top_p=0.9,
         strong_temperature=0.0,
