@@ -116,8 +116,9 @@ def _resume_state(staged, output: str) -> tuple[set[str], int]:
     if not staged.exists() and storage.is_remote(output):
         try:  # resume from what an earlier run (perhaps on another machine) published
             storage.fetch(output, staged)
-        except PtrError:
-            pass
+        except PtrError as err:
+            if "no such object" not in str(err):  # unreachable store, no access: the user's to fix
+                raise
     repaired = repair_jsonl(staged)
     done = {str(r["id"]) for _, r in iter_jsonl(staged, required=("id",))} if staged.exists() else set()
     return done, repaired
