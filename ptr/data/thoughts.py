@@ -1,0 +1,273 @@
+"""`ptr thoughts`: weak models write a chain of attempts, a strong model writes the final answer.
+
+:mod:`ptr.data.chains` builds each batch of chains; :mod:`ptr.data.filters` decides which records are kept; every record, kept or not, is written:
+
+    {id, query, thoughts: [{round, model, text, finish_reason, tokens}],
+     answer: {model, text, finish_reason, tokens} | null, scores: {…}, kept, reason}
+
+A record that fails an early filter keeps the thoughts generated so far and stops there (no answer).
+Records are appended one batch at a time (one write + fsync); a rerun with the same ``--output_path``
+repairs a torn last line and generates only the ids not yet written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ptr import embeddings, storage
+from ptr.data import filters, outputs
+from ptr.data.chains import ChainRun, final_answer_conversation, process_batch
+from ptr.data.config import build, default
+from ptr.data.filters import FilterConfig
+from ptr.data.models import BackendName, ModelPool
+from ptr.data.queries import query_id
+from ptr.errors import InputError, PtrError, cli_errors
+from ptr.jsonl import append_jsonl, iter_jsonl, repair_jsonl, write_json
+from ptr.prompts import FINAL_ANSWER_INSTRUCTION, REFINE_PROMPT
+
+__all__ = ["ThoughtsConfig", "final_answer_conversation", "main", "run_thoughts", "summarize"]
+
+
+class ThoughtsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: str  # JSONL of {id, query} (the queries stage's output), local or s3://
+    output_path: str
+    weak_models: list[str] = Field(min_length=1)  # weakest first; specs as in ptr.data.models
+    strong_model: str
+    judge_model: str | None = None  # None: the heuristic improvement score
+    num_thoughts: int = Field(2, ge=1)
+    data_len: int | None = Field(None, ge=1)  # the first N queries
+    backend: BackendName = "transformers"  # for specs without a backend prefix
+    endpoint: str | None = None
+    dtype: str = "auto"
+    batch_size: int = Field(16, ge=1)  # queries per batch (and per append)
+    max_new_tokens: int = Field(256, ge=1)
+    strong_max_new_tokens: int | None = Field(None, ge=1)  # default: max_new_tokens
+    temperature: float = Field(0.7, ge=0)  # weak models
+    top_p: float = Field(0.95, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    strong_temperature: float = Field(0.0, ge=0)
+    strong_top_p: float = Field(1.0, gt=0, le=1)
+    strong_top_k: int = Field(0, ge=0)
+    seed: int = 0
+    refine_prompt: str = REFINE_PROMPT
+    final_instruction: str = FINAL_ANSWER_INSTRUCTION
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    embedding_model: str = embeddings.DEFAULT
+    progress: bool = True
+    publish_every_s: float = 300.0  # s3 outputs: publish partial progress this often
+
+
+def load_query_file(uri: str, data_len: int | None) -> list[dict]:
+    """``[{id, query}]``: the first ``data_len`` queries, every line checked before work starts."""
+    path = storage.fetch(uri)
+    queries, seen = [], {}
+    for line, record in iter_jsonl(path, required=("query",)):
+        text = record["query"]
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(uri, line, "must be a non-empty string", field="query")
+        qid = record.get("id", query_id(text.strip()))
+        if not isinstance(qid, str | int) or isinstance(qid, bool) or str(qid) == "":
+            raise InputError(uri, line, "must be a non-empty string", field="id")
+        qid = str(qid)
+        if qid in seen:
+            raise InputError(uri, line, f"duplicate id {qid!r} (first on line {seen[qid]})", field="id")
+        seen[qid] = line
+        queries.append({"id": qid, "query": text.strip()})
+        if data_len is not None and len(queries) == data_len:
+            break
+    return queries
+
+
+def summarize(path, config: ThoughtsConfig | None = None, run_info: dict | None = None) -> dict:
+    """Counts over the whole output file: kept, dropped per reason, tokens per model."""
+    kept, records = 0, 0
+    dropped: Counter = Counter()
+    tokens: Counter = Counter()
+    if path.exists():
+        for _, r in iter_jsonl(path):
+            records += 1
+            kept += bool(r.get("kept"))
+            if not r.get("kept"):
+                dropped[r.get("reason") or "unknown"] += 1
+            for x in [*r.get("thoughts", []), *([r["answer"]] if r.get("answer") else [])]:
+                tokens[x.get("model", "?")] += int(x.get("tokens", 0))
+    summary = {
+        "records": records,
+        "kept": kept,
+        "dropped": {k: dropped[k] for k in (*filters.REASONS, "unknown") if dropped[k]},
+        "tokens": dict(tokens),
+    }
+    if run_info is not None:
+        summary["run"] = run_info
+    if config is not None:
+        summary["config"] = config.model_dump()
+    return summary
+
+
+def _resume_state(staged, output: str) -> tuple[set[str], int]:
+    """Ids already written, and bytes of a torn last line removed."""
+    if not staged.exists() and storage.is_remote(output):
+        try:  # resume from what an earlier run (perhaps on another machine) published
+            storage.fetch(output, staged)
+        except PtrError as err:
+            if "no such object" not in str(err):  # unreachable store, no access: the user's to fix
+                raise
+    repaired = repair_jsonl(staged)
+    done = {str(r["id"]) for _, r in iter_jsonl(staged, required=("id",))} if staged.exists() else set()
+    return done, repaired
+
+
+def run_thoughts(config: ThoughtsConfig, *, pool: ModelPool | None = None) -> dict:
+    """Build (or finish) the thoughts file; returns the summary written beside it."""
+    queries = load_query_file(config.queries, config.data_len)  # all input checked before any output
+    staged = outputs.staging_path(config.output_path)
+    pool = pool or ModelPool(dtype=config.dtype, batch_size=config.batch_size)
+    run = ChainRun(config, pool)
+    done, repaired = _resume_state(staged, config.output_path)
+    if repaired:
+        print(
+            f"{config.output_path}: removed a torn last line ({repaired} bytes) left by a crash",
+            file=sys.stderr,
+        )
+    todo = [q for q in queries if q["id"] not in done]
+
+    from ptr.tracking import stage_run
+
+    with stage_run("thoughts", params=_flat_params(config)) as tracking:
+        started = time.perf_counter()
+        if todo:
+            run.load()
+        loaded = time.perf_counter()
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.touch()
+        last_publish = time.monotonic()
+        kept = 0
+        from tqdm import tqdm
+
+        with tqdm(
+            total=len(todo) * (config.num_thoughts + 1),
+            desc="thoughts",
+            unit="gen",
+            file=sys.stderr,
+            disable=not config.progress,
+        ) as bar:
+            for b, start in enumerate(range(0, len(todo), config.batch_size)):
+                batch = todo[start : start + config.batch_size]
+                records = process_batch(run, batch, config.seed + 1000 * b, progress=bar.update)
+                append_jsonl(staged, records)
+                kept += sum(r["kept"] for r in records)
+                bar.set_postfix(kept=kept, refresh=False)
+                if (
+                    storage.is_remote(config.output_path)
+                    and time.monotonic() - last_publish > config.publish_every_s
+                ):
+                    outputs.publish(staged, config.output_path)
+                    last_publish = time.monotonic()
+        finished = time.perf_counter()
+        minutes = (finished - loaded) / 60
+        run_info = {
+            "queries_selected": len(queries),
+            "already_written": len(queries) - len(todo),
+            "generated": len(todo),
+            "kept": kept,
+            "load_seconds": round(loaded - started, 2),
+            "generation_seconds": round(finished - loaded, 2),
+            "queries_per_minute": round(len(todo) / minutes, 3) if todo and minutes > 0 else None,
+            "tokens": dict(run.tokens),
+            "repaired_bytes": repaired,
+        }
+        summary = summarize(staged, config, run_info)
+        summary_uri = outputs.summary_uri(config.output_path)
+        summary_staged = outputs.staging_path(summary_uri)
+        write_json(summary_staged, summary)
+        outputs.publish(staged, config.output_path)
+        outputs.publish(summary_staged, summary_uri)
+        tracking.log_metrics(
+            {"records": summary["records"], "kept": summary["kept"], "queries_generated": len(todo)}
+            | (
+                {"queries_per_minute": run_info["queries_per_minute"]}
+                if run_info["queries_per_minute"]
+                else {}
+            )
+        )
+        tracking.log_artifact(summary_staged)
+    return summary
+
+
+def _flat_params(config: ThoughtsConfig) -> dict:
+    data = config.model_dump()
+    data.update({f"filters.{k}": v for k, v in data.pop("filters").items()})
+    return data
+
+
+def parser() -> argparse.ArgumentParser:
+    T, F = ThoughtsConfig, FilterConfig
+    p = argparse.ArgumentParser(
+        prog="ptr thoughts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--queries", required=True, help="queries JSONL ({id, query} per line), local or s3://")
+    p.add_argument("--output_path", required=True, help="thoughts JSONL (local path or s3:// URI)")
+    p.add_argument("--weak_models", nargs="+", required=True, help="weakest first; [backend:]reference")
+    p.add_argument("--strong_model", required=True)
+    p.add_argument("--judge_model", help="model that judges improvement (default: a heuristic)")
+    p.add_argument("--num_thoughts", type=int, default=default(T, "num_thoughts"))
+    p.add_argument("--data_len", type=int, help="use the first N queries")
+    p.add_argument("--backend", choices=("transformers", "vllm", "openai"), default=default(T, "backend"))
+    p.add_argument("--endpoint", help="base URL for openai models without @URL")
+    p.add_argument("--dtype", default=default(T, "dtype"))
+    p.add_argument("--batch_size", type=int, default=default(T, "batch_size"))
+    g = p.add_argument_group("sampling (weak models; --strong_* for the strong model)")
+    g.add_argument("--max_new_tokens", type=int, default=default(T, "max_new_tokens"))
+    g.add_argument("--strong_max_new_tokens", type=int)
+    g.add_argument("--temperature", type=float, default=default(T, "temperature"))
+    g.add_argument("--top_p", type=float, default=default(T, "top_p"))
+    g.add_argument("--top_k", type=int, default=default(T, "top_k"))
+    g.add_argument("--strong_temperature", type=float, default=default(T, "strong_temperature"))
+    g.add_argument("--strong_top_p", type=float, default=default(T, "strong_top_p"))
+    g.add_argument("--strong_top_k", type=int, default=default(T, "strong_top_k"))
+    g.add_argument("--seed", type=int, default=default(T, "seed"))
+    g.add_argument("--refine_prompt", default=default(T, "refine_prompt"))
+    f = p.add_argument_group("filters")
+    f.add_argument("--allow_truncated", action="store_true", help="keep attempts that hit max_new_tokens")
+    f.add_argument(
+        "--min_chars", type=int, default=default(F, "min_chars"), help="shorter attempts are 'empty'"
+    )
+    f.add_argument(
+        "--repeat_threshold",
+        type=float,
+        default=default(F, "repeat_threshold"),
+        help="text similarity to the previous attempt at which an attempt is 'repeated' (1: identical)",
+    )
+    f.add_argument("--min_consistency", type=float, default=default(F, "min_consistency"))
+    f.add_argument("--min_improvement", type=float, default=default(F, "min_improvement"))
+    f.add_argument("--embedding_model", default=default(T, "embedding_model"))
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args) -> ThoughtsConfig:
+    values = vars(args).copy()
+    filter_values = {k: values.pop(k) for k in FilterConfig.model_fields}
+    values["progress"] = not values.pop("no_progress")
+    return build(ThoughtsConfig, **values, filters=filter_values)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    summary = run_thoughts(config_from_args(parser().parse_args(argv)))
+    run = summary["run"]
+    drops = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items()) or "none"
+    print(
+        f"{summary['records']} records, kept {summary['kept']}; dropped: {drops}\n"
+        f"this run: {run['generated']} queries ({run['already_written']} already written), "
+        f"{run['queries_per_minute']} queries/min",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,300 @@
+"""Thought construction on tiny-random (fast; its text is noise, so thresholds pick which filter fires),
+and one real run with SmolLM2."""
+
+import json
+
+import pytest
+
+from ptr.data.cleaning import clean_generated, family_of, stops_for
+from ptr.data.filters import FilterConfig, attempt_reason, judged_improvement, parse_verdict
+from ptr.data.models import ModelPool, parse_spec
+from ptr.data.thoughts import ThoughtsConfig, final_answer_conversation, run_thoughts
+from tests.conftest import run_ptr
+from tests.support.torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
+
+QUERIES = [
+    "What is 7 times 8?",
+    "Name three colors of the rainbow.",
+    "Why do leaves change color in autumn?",
+    "What is the capital of Italy?",
+    "Give one tip for better sleep.",
+]
+# Thresholds that let any chain through, so a test can switch on exactly one filter.
+OPEN = {"allow_truncated": True, "min_consistency": -1.0, "min_improvement": -1.0}
+
+
+@pytest.fixture()
+def queries_file(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "query": q}) + "\n" for i, q in enumerate(QUERIES)))
+    return path
+
+
+@pytest.fixture()
+def pool(tiny_backend):
+    return ModelPool(preloaded={parse_spec("tiny-random"): tiny_backend})
+
+
+def _config(queries_file, tmp_path, **kw):
+    filters = {**OPEN, **kw.pop("filters", {})}
+    values = {
+        "queries": str(queries_file),
+        "output_path": str(tmp_path / "t.jsonl"),
+        "weak_models": ["tiny-random"],
+        "strong_model": "tiny-random",
+        "max_new_tokens": 6,
+        "temperature": 0.0,
+        "batch_size": 2,
+        "progress": False,
+        "filters": filters,
+        **kw,
+    }
+    return ThoughtsConfig(**values)
+
+
+def _records(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+
+
+def test_record_structure_and_summary(queries_file, tmp_path, pool):
+    summary = run_thoughts(_config(queries_file, tmp_path, num_thoughts=3), pool=pool)
+    rows = _records(tmp_path)
+    assert [r["id"] for r in rows] == [f"q{i}" for i in range(5)]
+    for r, q in zip(rows, QUERIES, strict=True):
+        assert set(r) == {"id", "query", "thoughts", "answer", "scores", "kept", "reason"}
+        assert r["query"] == q and r["kept"] is True and r["reason"] is None
+        assert [t["round"] for t in r["thoughts"]] == [1, 2, 3]
+        assert all(t["model"] == "tiny-random" and t["text"] for t in r["thoughts"])
+        assert r["answer"]["model"] == "tiny-random" and r["answer"]["text"]
+        for key in (
+            "consistency",
+            "improvement",
+            "chain_consistency",
+            "answer_relevance",
+            "thought_relevance",
+        ):
+            assert isinstance(r["scores"][key], float), key
+        assert -1 <= r["scores"]["consistency"] <= 1 and 0 <= r["scores"]["improvement"] <= 1
+    assert summary["kept"] == 5 and summary["records"] == 5 and summary["dropped"] == {}
+    assert summary["tokens"]["tiny-random"] == sum(
+        t["tokens"] for r in rows for t in [*r["thoughts"], r["answer"]]
+    )
+    assert summary["run"]["generated"] == 5 and summary["run"]["queries_per_minute"] > 0
+    assert json.loads((tmp_path / "t.summary.json").read_text())["kept"] == 5
+
+
+@pytest.mark.parametrize(
+    "filters, reason, stops_after",
+    [
+        ({"allow_truncated": False}, "truncated", "length"),  # tiny-random rarely ends a turn in 6 tokens
+        ({"min_chars": 10_000}, "empty", 1),
+        ({"repeat_threshold": 0.0}, "repeated", 2),  # anything counts as a repeat of thought 1
+        ({"min_consistency": 1.01}, "inconsistent", None),
+        ({"min_improvement": 1.01}, "no_improvement", None),
+    ],
+)
+def test_every_filter_names_its_reason(queries_file, tmp_path, pool, filters, reason, stops_after):
+    summary = run_thoughts(_config(queries_file, tmp_path, filters=filters), pool=pool)
+    rows = _records(tmp_path)
+    assert all(not r["kept"] and r["reason"] == reason for r in rows)
+    assert summary["dropped"] == {reason: 5} and summary["kept"] == 0
+    for r in rows:
+        if stops_after is None:  # the chain was finished and then judged
+            assert len(r["thoughts"]) == 2 and r["answer"] is not None
+            assert r["scores"]["consistency"] is not None and r["scores"]["improvement"] is not None
+        elif stops_after == "length":  # stopped at the first attempt that ran out of tokens
+            last = r["answer"] or r["thoughts"][-1]
+            assert last["finish_reason"] == "length"
+            assert all(t["finish_reason"] == "stop" for t in r["thoughts"][:-1])
+        else:  # an early filter: what was generated stays, and nothing after it
+            assert len(r["thoughts"]) == stops_after and r["answer"] is None
+            assert r["scores"]["consistency"] is None
+
+
+def test_a_prompt_over_the_context_is_dropped_not_fatal(tmp_path, pool):
+    src = tmp_path / "q.jsonl"
+    long_query = "Please read this. " + "apple banana cherry " * 1000  # far over tiny-random's 2048 tokens
+    src.write_text(
+        json.dumps({"id": "long", "query": long_query})
+        + "\n"
+        + json.dumps({"id": "ok", "query": "Hi?"})
+        + "\n"
+    )
+    summary = run_thoughts(_config(src, tmp_path), pool=pool)
+    rows = {r["id"]: r for r in _records(tmp_path)}
+    assert rows["long"]["reason"] == "too_long" and rows["long"]["thoughts"] == []
+    assert rows["ok"]["kept"] and summary["dropped"] == {"too_long": 1}
+
+
+def test_judge_model_scores_both_orders(queries_file, tmp_path, pool):
+    run_thoughts(_config(queries_file, tmp_path, judge_model="tiny-random"), pool=pool)
+    for r in _records(tmp_path):
+        assert "judge_forward" in r["scores"] and "judge_backward" in r["scores"]
+        # tiny-random rarely writes a digit: either a parsed verdict or the reason says it had none
+        assert r["kept"] or r["reason"] == "judge_unparsable"
+        assert len(pool) == 1  # judge, weak and strong are one reference, loaded once
+
+
+def test_weak_models_cycle_and_each_reference_loads_once(queries_file, tmp_path, tiny_backend, tiny_path):
+    pool = ModelPool(preloaded={parse_spec("tiny-random"): tiny_backend})
+    cfg = _config(queries_file, tmp_path, weak_models=["tiny-random", tiny_path], num_thoughts=3, data_len=2)
+    run_thoughts(cfg, pool=pool)
+    assert len(pool) == 2  # the preloaded tiny-random plus the directory reference, once
+    for r in _records(tmp_path):
+        assert [t["model"] for t in r["thoughts"]] == ["tiny-random", tiny_path, "tiny-random"]
+        assert r["answer"]["model"] == "tiny-random"
+
+
+def test_resume_generates_only_missing_ids_and_repairs_a_torn_line(queries_file, tmp_path, pool):
+    run_thoughts(_config(queries_file, tmp_path, data_len=2), pool=pool)
+    out = tmp_path / "t.jsonl"
+    first = out.read_text()
+    with open(out, "a") as f:  # a crash in the middle of appending a batch
+        f.write('{"id": "q2", "query": "Why do lea')
+    summary = run_thoughts(_config(queries_file, tmp_path), pool=pool)
+    assert out.read_text().startswith(first)  # written records untouched
+    assert [r["id"] for r in _records(tmp_path)] == [f"q{i}" for i in range(5)]
+    assert summary["run"]["already_written"] == 2 and summary["run"]["generated"] == 3
+    assert summary["run"]["repaired_bytes"] == len('{"id": "q2", "query": "Why do lea')
+    again = run_thoughts(_config(queries_file, tmp_path), pool=pool)
+    assert again["run"]["generated"] == 0 and again["records"] == 5
+
+
+def test_corrupt_line_in_the_middle_is_reported(queries_file, tmp_path):
+    out = tmp_path / "t.jsonl"
+    out.write_text('{"id": "q0"}\nnot json\n{"id": "q1"}\n')
+    proc = run_ptr(
+        "thoughts",
+        "--queries",
+        queries_file,
+        "--output_path",
+        out,
+        "--weak_models",
+        "tiny-random",
+        "--strong_model",
+        "tiny-random",
+    )
+    assert proc.returncode == 2
+    assert f"{out}:2: corrupt line in the middle of the file" in proc.stderr
+    assert out.read_text() == '{"id": "q0"}\nnot json\n{"id": "q1"}\n'
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ('{"id": "a", "query": "ok"}\n{"id": "b", "query": \n', ":2: invalid JSON"),
+        ('{"id": "a", "query": "ok"}\n{"id": "b"}\n', ":2: query: missing required field"),
+        ('{"id": "a", "query": "  "}\n', ":1: query: must be a non-empty string"),
+        (
+            '{"id": "a", "query": "x"}\n{"id": "a", "query": "y"}\n',
+            ":2: id: duplicate id 'a' (first on line 1)",
+        ),
+    ],
+)
+def test_bad_queries_exit_2_and_nothing_written(tmp_path, body, expected):
+    src = tmp_path / "q.jsonl"
+    src.write_text(body)
+    out = tmp_path / "t.jsonl"
+    proc = run_ptr(
+        "thoughts",
+        "--queries",
+        src,
+        "--output_path",
+        out,
+        "--weak_models",
+        "tiny-random",
+        "--strong_model",
+        "tiny-random",
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"{src}{expected}" in proc.stderr, proc.stderr
+    assert not out.exists() and not (tmp_path / "t.summary.json").exists()
+
+
+def test_cli_end_to_end_on_tiny_random(tmp_path, capsys):
+    # In-process `main` (the same entry `ptr` calls) so the test does not pay for a second import of torch.
+    from ptr.data import queries, thoughts
+
+    q = tmp_path / "q.jsonl"
+    assert queries.main(["--input", "builtin", "--output_path", str(q), "--data_len", "3"]) == 0
+    out = tmp_path / "t.jsonl"
+    argv = [
+        "--queries",
+        str(q),
+        "--output_path",
+        str(out),
+        "--weak_models",
+        "tiny-random",
+        "--strong_model",
+        "tiny-random",
+        "--max_new_tokens",
+        "4",
+        "--dtype",
+        "float32",
+        "--no_progress",
+    ]
+    assert thoughts.main(argv) == 0
+    summary = json.loads((tmp_path / "t.summary.json").read_text())
+    assert summary["records"] == 3 and summary["dropped"] == {"truncated": 3}
+    assert summary["config"]["filters"]["min_consistency"] == 0.5
+    assert "queries/min" in capsys.readouterr().err
+
+
+def test_attempt_filters_and_judge_parsing():
+    cfg = FilterConfig()
+    assert attempt_reason("An answer.", "length", None, cfg) == "truncated"
+    assert attempt_reason("  \n ", "stop", None, cfg) == "empty"
+    assert attempt_reason("Same  text.\n", "stop", "Same text.", cfg) == "repeated"
+    assert attempt_reason("Other text.", "stop", "Same text.", cfg) is None
+    near = FilterConfig(repeat_threshold=0.9)
+    assert attempt_reason("The answer is 42.", "stop", "The answer is 42!", near) == "repeated"
+    assert (
+        parse_verdict("Score: 7/10") == 0.7 and parse_verdict("10") == 1.0 and parse_verdict("none") is None
+    )
+    assert parse_verdict("3.5 stars") is None
+    assert judged_improvement(0.8, 0.4) == pytest.approx(0.7)
+    assert judged_improvement(None, 0.2) == pytest.approx(0.8) and judged_improvement(None, None) is None
+
+
+def test_control_tokens_never_reach_records(tiny_backend):
+    assert clean_generated(" The answer.<|im_end|>\n<|im_start|>user\nmore") == "The answer."
+    assert clean_generated("Fine.<|eot_id|><|start_header_id|>user") == "Fine."
+    assert clean_generated("plain text") == "plain text"
+    assert family_of(tiny_backend.tokenizer.chat_template) == "chatml"
+    assert "<|im_start|>" in stops_for(tiny_backend)
+    assert stops_for(tiny_backend, plain_prompt=True)[0] == "\nQuestion:"
+
+
+def test_final_answer_prompt_holds_query_and_every_attempt():
+    [msg] = final_answer_conversation("Q?", ["first", "second"], "Improve.")
+    assert msg["role"] == "user"
+    assert msg["content"] == "Improve.\n\nQuestion:\nQ?\n\nAttempt 1:\nfirst\n\nAttempt 2:\nsecond"
+
+
+@pytest.mark.smollm
+def test_smollm_weak_and_strong_produce_kept_records(tmp_path, smollm_path):
+    queries = tmp_path / "q.jsonl"
+    short = [q + " Answer in one short sentence." for q in QUERIES]
+    queries.write_text("".join(json.dumps({"id": f"s{i}", "query": q}) + "\n" for i, q in enumerate(short)))
+    cfg = ThoughtsConfig(
+        queries=str(queries),
+        output_path=str(tmp_path / "t.jsonl"),
+        weak_models=["smollm2-135m-instruct"],
+        strong_model="smollm2-135m-instruct",
+        max_new_tokens=64,
+        temperature=0.8,
+        top_p=0.9,
+        strong_temperature=0.0,
+        batch_size=5,
+        dtype="float32",
+        progress=False,
+        filters={"min_consistency": 0.3, "min_improvement": 0.3},
+    )
+    summary = run_thoughts(cfg)
+    rows = _records(tmp_path)
+    assert len(rows) == 5 and summary["kept"] >= 1, summary
+    for r in rows:
+        for t in [*r["thoughts"], *([r["answer"]] if r["answer"] else [])]:
+            assert "<|im_" not in t["text"] and "<|endoftext|>" not in t["text"]
+    kept = [r for r in rows if r["kept"]]
+    assert all(len(r["thoughts"]) == 2 and r["answer"]["text"] for r in kept)
