@@ -1,0 +1,133 @@
+"""The trained module: a causal LM (optionally with LoRA) that computes the PTR objective on packed input.
+
+:class:`PackedObjective` is what DeepSpeed wraps. It runs the decoder once over the packed batch
+(block-diagonal causal attention, or flash-attention varlen from the position ids on GPU), then applies
+the output head only at loss positions: thought and answer tokens are a fraction of a sequence, so the
+``[tokens, vocab]`` logits are never built for the prompt and template tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptr.errors import PtrError
+from ptr.train.data import block_causal_mask
+from ptr.train.loss import loss_positions, objective
+
+DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+FLASH = ("flash_attention_2", "flash_attention_3")
+
+
+def pick_attention(requested: str, on_cuda: bool) -> str:
+    """Flash-attention varlen on a GPU that has it; SDPA with an explicit block mask elsewhere."""
+    from transformers.utils import is_flash_attn_2_available
+
+    flash_ok = on_cuda and is_flash_attn_2_available()
+    if requested == "auto":
+        return "flash_attention_2" if flash_ok else "sdpa"
+    if requested in FLASH and not flash_ok:
+        raise PtrError(f"attn_implementation {requested}: needs a CUDA GPU and the flash-attn package")
+    return requested
+
+
+def load_causal_lm(path: str, attn_implementation: str, dtype=torch.float32):
+    """The model in fp32 (DeepSpeed casts it to bf16/fp16 when the config asks), and its tokenizer."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from ptr.models import load_tokenizer
+
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation
+        )
+    except OSError as err:
+        raise PtrError(f"cannot load model {path}: {err}") from None
+    model.config.use_cache = False
+    return model, load_tokenizer(path)
+
+
+def lora_config(path: str | None, base_path: str):
+    """A peft LoraConfig from JSON (LoraConfig's own keyword names), or ptr's default."""
+    from peft import LoraConfig, TaskType
+
+    values = dict(DEFAULT_LORA)
+    if path:
+        try:
+            given = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise PtrError(f"{path}: cannot read LoRA config ({err})") from None
+        if not isinstance(given, dict):
+            raise PtrError(f"{path}: a LoRA config is a JSON object")
+        unknown = sorted(set(given) - set(LoraConfig.__dataclass_fields__))
+        if unknown:
+            raise PtrError(f"{path}: {unknown[0]}: unknown key (LoraConfig's fields are accepted)")
+        values.update(given)
+    values.pop("task_type", None)
+    try:
+        return LoraConfig(task_type=TaskType.CAUSAL_LM, base_model_name_or_path=base_path, **values)
+    except (TypeError, ValueError) as err:
+        raise PtrError(f"{path or 'LoRA config'}: {err}") from None
+
+
+def add_lora(model, config):
+    from peft import get_peft_model
+
+    return get_peft_model(model, config)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def load_weights(model, state_dict: dict, source: str) -> None:
+    """Load a checkpoint's weights (full model or LoRA model) into ``model`` (full or LoRA)."""
+    lora_ckpt = any(".lora_" in k for k in state_dict)
+    if lora_ckpt and not is_peft(model):
+        raise PtrError(f"{source}: holds LoRA weights; pass --use_lora to continue training it")
+    target = model if lora_ckpt or not is_peft(model) else model.get_base_model()
+    result = target.load_state_dict(state_dict, strict=False)
+    tied = {k for k in result.missing_keys if k.endswith("lm_head.weight")}
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
+        raise PtrError(f"{source}: weights do not fit {model.__class__.__name__}: {what}")
+
+
+class PackedObjective(nn.Module):
+    """Forward a packed micro-batch, return the objective's terms (``loss`` is the weighted total)."""
+
+    def __init__(self, lm, weights=(0.8, 0.1, 0.1), beta_power: float = 1.0):
+        super().__init__()
+        self.lm = lm
+        self.weights, self.beta_power = tuple(weights), beta_power
+
+    def causal_lm(self):
+        return self.lm.get_base_model() if is_peft(self.lm) else self.lm
+
+    def forward(self, input_ids, position_ids, segments, doc_ids):
+        lm = self.causal_lm()
+        embed = lm.get_input_embeddings()
+        if lm.config._attn_implementation in FLASH:
+            mask = None  # transformers derives cu_seqlens from the restarting position ids
+        else:
+            mask = block_causal_mask(doc_ids, embed.weight.dtype)
+        hidden = lm.get_decoder()(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        b, i = loss_positions(segments, position_ids)
+        logits = lm.get_output_embeddings()(hidden[b, i - 1])
+        logp = -F.cross_entropy(logits.float(), input_ids[b, i], reduction="none")
+        terms = objective(logp, hidden[b, i], segments[b, i], doc_ids[b, i], self.weights, self.beta_power)
+        return {
+            "loss": terms.total,
+            "nll": terms.nll,
+            "consistency": terms.consistency,
+            "confidence": terms.confidence,
+        }
