@@ -127,13 +127,18 @@ def params_digest(engine) -> str:
 
 
 def load_checkpoint_weights(path: Path) -> dict:
-    """The LM weights of a checkpoint folder (fp32 from a DeepSpeed checkpoint, or model.pt)."""
+    """The LM weights of a checkpoint folder (fp32 from a DeepSpeed checkpoint, or model.pt), or of
+    an exported model folder (model.safetensors)."""
     path = Path(path)
+    if (path / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(path / "model.safetensors")
     if (path / "model.pt").is_file():
         return _strip(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     if (path / DS_TAG).is_dir():
         state = read_state(path)
-        if state.get("zero_stage", 0) == 0 and not state.get("low_precision", False):
+        if state.get("zero_stage", 0) < 3 and not state.get("low_precision", False):  # full fp32 module
             module = torch.load(
                 path / DS_TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
             )

@@ -10,6 +10,7 @@ The backend is NCCL on CUDA and gloo on the CPU (with ``DS_ACCELERATOR=cpu``).
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 from dataclasses import dataclass
@@ -67,9 +68,9 @@ def init() -> Dist:
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel on every new Python or
         # torch path (minutes on a busy machine). Only its inference tensor-parallel all-reduce uses it;
         # training collectives go through torch.distributed, so the build is skipped.
-        import deepspeed.comm.torch as ds_comm_torch
-
-        ds_comm_torch.build_shm_op = lambda: None
+        # (importlib: ``import deepspeed.comm.torch as m`` would bind the torch module that
+        # deepspeed.comm re-exports under that name.)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     return Dist(

@@ -43,6 +43,11 @@ def loss_positions(segments: torch.Tensor, position_ids: torch.Tensor) -> tuple[
     return ((segments != IGNORE) & (position_ids > 0)).nonzero(as_tuple=True)
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Log-softmax in fp32 or wider: bf16 logits lose the small probabilities the NLL depends on."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def beta_weights(t: torch.Tensor, doc: torch.Tensor, power: float) -> torch.Tensor:
     """β for attempts numbered ``t`` (1-based) of documents ``doc``: t**power, summing to 1 per doc."""
     raw = t.to(torch.float64) ** power
@@ -121,5 +126,5 @@ def objective_from_logits(
 ) -> LossTerms:
     """The objective from full ``[B, L, V]`` logits (the trainer computes logits only where needed)."""
     b, i = loss_positions(segments, position_ids)
-    logp = -F.cross_entropy(logits[b, i - 1].float(), input_ids[b, i], reduction="none")
+    logp = -F.cross_entropy(_at_least_fp32(logits[b, i - 1]), input_ids[b, i], reduction="none")
     return objective(logp, hidden[b, i], segments[b, i], doc_ids[b, i], weights, beta_power)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ptr.errors import PtrError
 from ptr.train.data import block_causal_mask
-from ptr.train.loss import loss_positions, objective
+from ptr.train.loss import _at_least_fp32, loss_positions, objective
 
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
 FLASH = ("flash_attention_2", "flash_attention_3")
@@ -86,9 +86,14 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
+def holds_lora(state_dict: dict) -> bool:
+    return any(".lora_" in k for k in state_dict)
+
+
 def load_weights(model, state_dict: dict, source: str) -> None:
-    """Load a checkpoint's weights (full model or LoRA model) into ``model`` (full or LoRA)."""
-    lora_ckpt = any(".lora_" in k for k in state_dict)
+    """Load a checkpoint's weights into ``model``: full weights into a full or LoRA model (its base),
+    LoRA weights into a LoRA model."""
+    lora_ckpt = holds_lora(state_dict)
     if lora_ckpt and not is_peft(model):
         raise PtrError(f"{source}: holds LoRA weights; pass --use_lora to continue training it")
     target = model if lora_ckpt or not is_peft(model) else model.get_base_model()
@@ -123,7 +128,7 @@ class PackedObjective(nn.Module):
         ).last_hidden_state
         b, i = loss_positions(segments, position_ids)
         logits = lm.get_output_embeddings()(hidden[b, i - 1])
-        logp = -F.cross_entropy(logits.float(), input_ids[b, i], reduction="none")
+        logp = -F.cross_entropy(_at_least_fp32(logits), input_ids[b, i], reduction="none")
         terms = objective(logp, hidden[b, i], segments[b, i], doc_ids[b, i], self.weights, self.beta_power)
         return {
             "loss": terms.total,

@@ -90,15 +90,19 @@ def _run(cfg: TrainConfig, dist, ds_raw: dict, ds_source: str) -> dict:
 
     resume_from = checkpoint.find_resume(run_dir, cfg.resume)
     resume_state = checkpoint.read_state(resume_from) if resume_from else None
-    if cfg.load_ckpt_path and resume_from is None:
-        model.load_weights(
-            lm, checkpoint.load_checkpoint_weights(Path(cfg.load_ckpt_path)), cfg.load_ckpt_path
-        )
+    start_weights = None  # (state dict, where from): weights to start from, when not a DeepSpeed resume
+    if resume_state is not None and not resume_state["optimizer"]:
+        start_weights = checkpoint.load_checkpoint_weights(resume_from), str(resume_from)
+    elif cfg.load_ckpt_path and resume_from is None:
+        start_weights = checkpoint.load_checkpoint_weights(Path(cfg.load_ckpt_path)), cfg.load_ckpt_path
+    lora_weights = start_weights is not None and model.holds_lora(start_weights[0])
+    if start_weights is not None and not lora_weights:
+        model.load_weights(lm, *start_weights)
     lora = model.lora_config(cfg.lora_config_path, model_path) if cfg.use_lora else None
     if lora is not None:
         lm = model.add_lora(lm, lora)
-    if resume_state is not None and not resume_state["optimizer"]:
-        model.load_weights(lm, checkpoint.load_checkpoint_weights(resume_from), str(resume_from))
+    if lora_weights:
+        model.load_weights(lm, *start_weights)
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora is not None:

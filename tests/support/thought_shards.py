@@ -44,7 +44,9 @@ def arithmetic_example(rng: random.Random) -> tuple[str, list[str], str]:
     return f"What is {a} * {b}?", thoughts, f"{a} * {b} = {a * b}. The answer is {a * b}."
 
 
-def write_corpus(out_dir, tokenizer, n_docs: int = 48, pack_to: int = 160, seed: int = 0, qa_docs: int = 0) -> Path:
+def write_corpus(
+    out_dir, tokenizer, n_docs: int = 48, pack_to: int = 160, seed: int = 0, qa_docs: int = 0
+) -> Path:
     """Write ``n_docs`` thought documents (and ``qa_docs`` answer-only ones) as a packed corpus."""
     rng = random.Random(seed)
     docs = []

@@ -1,0 +1,264 @@
+"""`ptr train` end to end on tiny-random: DeepSpeed on the CPU (gloo), real processes.
+
+* kill-and-resume: a run SIGKILLed at a random step and resumed with ``--resume auto`` ends with the
+  same weights as a run never stopped;
+* two nodes: two ``torchrun --nnodes 2`` processes on 127.0.0.1 agree on losses and parameters, and
+  export a model that ``ptr refine`` loads;
+* LoRA from scratch (merged export) and from a checkpoint (adapter export).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+from tests.support.procs import free_port
+
+STEPS = 12  # crosses the 11-step epoch of the corpus below, so resume also crosses an epoch boundary
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+FP32_CONFIG = {
+    "train_micro_batch_size_per_gpu": 2,
+    "gradient_accumulation_steps": 2,
+    "gradient_clipping": 1.0,
+    "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "weight_decay": 0.01}},
+    "scheduler": {
+        "type": "WarmupDecayLR",
+        "params": {
+            "warmup_num_steps": 3,
+            "warmup_type": "linear",
+            "total_num_steps": "auto",
+            "warmup_max_lr": "auto",
+        },
+    },
+    "zero_optimization": {"stage": 2},
+    "bf16": {"enabled": False},
+}
+
+
+def train_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "ptr", "train", *map(str, args)]
+
+
+def run_train(*args, timeout=600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        train_cmd(*args), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def done_line(stdout: str) -> dict:
+    lines = [json.loads(x) for x in stdout.splitlines() if x.startswith('{"event": "done"')]
+    assert lines, stdout[-2000:]
+    return lines[-1]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def max_weight_diff(a: Path, b: Path) -> float:
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert x.keys() == y.keys()
+    return max((x[k].double() - y[k].double()).abs().max().item() for k in x)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_path):
+    from ptr.models import load_tokenizer
+    from tests.support.thought_shards import write_corpus
+
+    return write_corpus(
+        tmp_path_factory.mktemp("corpus") / "c", load_tokenizer(tiny_path), n_docs=48, pack_to=160
+    )
+
+
+@pytest.fixture(scope="module")
+def fp32_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ds") / "fp32.json"
+    path.write_text(json.dumps(FP32_CONFIG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def common(corpus, fp32_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return ["--model_path", "tiny-random", "--data_path", corpus, "--output_path", out,
+            "--deepspeed_config_path", fp32_config, "--seed", 7]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(common):
+    """An uninterrupted run, started in the background so other runs overlap with it."""
+    out = Path(common[5])
+    log = open(out / "reference.log", "w")  # noqa: SIM115 (closed when the run is awaited)
+    proc = subprocess.Popen(
+        train_cmd(*common, "--save_name", "reference", "--max_steps", STEPS, "--save_steps", 2),
+        stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=REPO, start_new_session=True,
+    )  # fmt: skip
+
+    def result() -> Path:
+        if proc.wait(timeout=600) != 0:
+            raise AssertionError((out / "reference.log").read_text()[-4000:])
+        log.close()
+        return out / "reference"
+
+    yield result
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(common, reference):
+    out = Path(common[5])
+    run_dir = out / "killed"
+    kill_after = random.randint(3, 9)  # checkpoints every 2 steps, so at least one is complete
+    args = [*common, "--save_name", "killed", "--max_steps", STEPS, "--save_steps", 2]
+    with open(out / "killed.log", "w") as log:
+        proc = subprocess.Popen(
+            train_cmd(*args), stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=REPO, start_new_session=True
+        )
+        try:
+            deadline = time.time() + 600
+            while time.time() < deadline and proc.poll() is None:
+                path = run_dir / "metrics.jsonl"
+                if path.exists() and path.read_text().count("\n") >= kill_after:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.01)
+        finally:
+            returncode = proc.wait(timeout=60)
+    assert returncode == -signal.SIGKILL, f"the run ended ({returncode}) before step {kill_after} was seen"
+    killed_at = len(metrics(run_dir))
+    assert killed_at < STEPS
+
+    resumed = run_train(*args, "--resume", "auto")
+    assert f"resumed from {run_dir / 'checkpoints'}" in resumed.stderr
+    restart = int(resumed.stderr.split(" at step ")[1].split()[0])
+    assert 2 <= restart <= killed_at
+
+    ref = reference()
+    assert max_weight_diff(ref / "final", run_dir / "final") <= 1e-6
+    got, want = metrics(run_dir), metrics(ref)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # steps redone after the kill appear once
+    for a, b in zip(got, want, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["lr"] == pytest.approx(
+            b["lr"], abs=1e-12
+        )
+
+
+def test_reference_run_exports_a_model_refine_loads(reference, tiny_path):
+    from transformers import AutoModelForCausalLM
+
+    from ptr.inference import SamplingParams
+    from ptr.inference.hf import TransformersBackend
+
+    run_dir = reference()
+    final = run_dir / "final"
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "ptr_train.json",
+    ):
+        assert (final / name).is_file(), name
+    # Tied embeddings survive: one tensor in the file, one parameter in the loaded model.
+    weights = load_file(final / "model.safetensors")
+    assert "lm_head.weight" not in weights and "model.embed_tokens.weight" in weights
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
+    base = load_file(Path(tiny_path) / "model.safetensors")
+    assert (weights["model.embed_tokens.weight"] - base["model.embed_tokens.weight"]).abs().max() > 1e-3
+
+    backend = TransformersBackend(str(final), dtype="float32")
+    [completion] = backend.generate(
+        [[{"role": "user", "content": "What is 3 * 4?"}]], SamplingParams(max_new_tokens=5)
+    )
+    assert completion.completion_tokens > 0
+
+    records = metrics(run_dir)
+    assert len(records) == STEPS
+    for key in ("loss", "nll", "consistency", "confidence", "lr", "grad_norm", "tokens_per_s", "step_time"):
+        assert all(isinstance(r[key], float) for r in records), key
+    assert records[-1]["nll"] < records[0]["nll"]
+    assert (run_dir / "loss.png").stat().st_size > 1000
+    steps = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert steps == [
+        f"step-{s:08d}" for s in range(2, STEPS, 2)
+    ]  # the last step is the export, not a checkpoint
+
+
+def test_two_nodes_agree_on_losses_and_parameters(corpus, tmp_path):
+    port = free_port()
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
+            "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "-m", "ptr.train", "--model_path", "tiny-random", "--data_path", str(corpus),
+            "--output_path", str(tmp_path), "--save_name", "two", "--max_steps", "4", "--save_steps", "2",
+            "--loss_weights", "0.8,0.1,0.1",
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO
+            )
+        )
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-4000:]
+    rank0, rank1 = (done_line(out) for out, _ in outputs)
+    assert (rank0["rank"], rank1["rank"]) == (0, 1)
+    assert rank0["loss"] == rank1["loss"]
+    assert rank0["params_sha256"] == rank1["params_sha256"]
+    assert "2 rank(s)" in outputs[0][1]
+    records = metrics(tmp_path / "two")
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and records[-1]["loss"] == rank0["loss"]
+    # Each step's tokens are summed over both ranks: more than either rank's micro-batches hold alone.
+    assert all(r["tokens"] > 0 for r in records)
+    provenance = json.loads((tmp_path / "two" / "final" / "ptr_train.json").read_text())
+    assert provenance["params_sha256"] == rank0["params_sha256"]
+
+    from tests.conftest import run_ptr
+
+    refined = run_ptr("refine", "--model_path", tmp_path / "two" / "final", "--rounds", "2",
+                      "--question", "What is 6 * 7?", "--max_new_tokens", "4", "--dtype", "float32")  # fmt: skip
+    assert refined.returncode == 0, refined.stderr[-2000:]
+    assert "Round 2" in refined.stdout
+
+
+def test_lora_from_scratch_then_from_a_checkpoint(common, tiny_path):
+    out = Path(common[5])
+    run_train(*common, "--save_name", "lora", "--max_steps", 4, "--save_steps", 2, "--use_lora")
+    final = out / "lora" / "final"
+    merged, base = load_file(final / "model.safetensors"), load_file(Path(tiny_path) / "model.safetensors")
+    assert merged.keys() == base.keys()  # merged: a plain model, no adapter tensors
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert (merged[q] - base[q]).abs().max() > 1e-4  # LoRA's update is in the merged weight
+    emb = "model.embed_tokens.weight"
+    assert torch.equal(merged[emb], base[emb])  # embeddings are frozen under LoRA
+    assert json.loads((final / "ptr_train.json").read_text())["lora_merged"] is True
+
+    ckpt = out / "lora" / "checkpoints" / "step-00000002"
+    run_train(*common, "--save_name", "lora2", "--max_steps", 2, "--use_lora", "--load_ckpt_path", ckpt,
+              "--save_lora_adapter")  # fmt: skip
+    adapter = out / "lora2" / "final"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert not (adapter / "model.safetensors").exists()
+
+    from ptr.models import load_model
+
+    model, _ = load_model(str(adapter), dtype="float32", device="cpu")  # transformers loads it through peft
+    assert any("lora_A" in name for name, _ in model.named_parameters())
