@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ptr.train.checkpoint import load_checkpoint_weights
 from tests.conftest import REPO
 from tests.support.procs import free_port
 
@@ -50,9 +52,14 @@ def train_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "ptr", "train", *map(str, args)]
 
 
-def run_train(*args, timeout=600) -> subprocess.CompletedProcess:
+def run_train(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        train_cmd(*args), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=timeout
+        train_cmd(*args),
+        capture_output=True,
+        text=True,
+        env={**ENV, **(env or {})},
+        cwd=REPO,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -239,26 +246,99 @@ def test_two_nodes_agree_on_losses_and_parameters(corpus, tmp_path):
     assert "Round 2" in refined.stdout
 
 
-def test_lora_from_scratch_then_from_a_checkpoint(common, tiny_path):
+def test_lora_from_scratch_and_from_a_checkpoint(common, reference, tiny_path, monkeypatch):
     out = Path(common[5])
-    run_train(*common, "--save_name", "lora", "--max_steps", 4, "--save_steps", 2, "--use_lora")
-    final = out / "lora" / "final"
-    merged, base = load_file(final / "model.safetensors"), load_file(Path(tiny_path) / "model.safetensors")
-    assert merged.keys() == base.keys()  # merged: a plain model, no adapter tensors
-    q = "model.layers.0.self_attn.q_proj.weight"
-    assert (merged[q] - base[q]).abs().max() > 1e-4  # LoRA's update is in the merged weight
-    emb = "model.embed_tokens.weight"
-    assert torch.equal(merged[emb], base[emb])  # embeddings are frozen under LoRA
-    assert json.loads((final / "ptr_train.json").read_text())["lora_merged"] is True
+    mlflow_uri = (out / "mlruns").as_uri()  # a local MLflow store: with a tracking URI, metrics go to MLflow
+    mlflow_env = {
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "MLFLOW_ALLOW_FILE_STORE": "true",
+        "PTR_EXPERIMENT": "lora",
+    }
+    full_ckpt = reference() / "checkpoints" / "step-00000004"
+    runs = {  # both at once: from scratch (adapter kept apart), and from a full fine-tuning checkpoint (merged)
+        "scratch": (["--use_lora", "--save_lora_adapter"], mlflow_env),
+        "from_ckpt": (["--use_lora", "--load_ckpt_path", full_ckpt], {}),
+    }
+    procs = {
+        name: subprocess.Popen(
+            train_cmd(*common, "--save_name", name, "--max_steps", 3, *flags),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**ENV, **env},
+            cwd=REPO,
+        )  # fmt: skip
+        for name, (flags, env) in runs.items()
+    }
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{name}: {err[-4000:]}"
 
-    ckpt = out / "lora" / "checkpoints" / "step-00000002"
-    run_train(*common, "--save_name", "lora2", "--max_steps", 2, "--use_lora", "--load_ckpt_path", ckpt,
-              "--save_lora_adapter")  # fmt: skip
-    adapter = out / "lora2" / "final"
+    base = load_file(Path(tiny_path) / "model.safetensors")
+    adapter = out / "scratch" / "final"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert not (adapter / "model.safetensors").exists()
-
     from ptr.models import load_model
 
     model, _ = load_model(str(adapter), dtype="float32", device="cpu")  # transformers loads it through peft
     assert any("lora_A" in name for name, _ in model.named_parameters())
+    assert json.loads((adapter / "ptr_train.json").read_text())["lora_merged"] is False
+
+    merged = load_file(out / "from_ckpt" / "final" / "model.safetensors")
+    assert merged.keys() == base.keys()  # merged: a plain model, no adapter tensors
+    ckpt_weights = load_checkpoint_weights(full_ckpt)
+    emb, q = "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(merged[emb], ckpt_weights[emb])  # frozen under LoRA: the checkpoint's, not the base's
+    assert not torch.equal(merged[emb], base[emb])
+    assert (merged[q] - ckpt_weights[q]).abs().max() > 1e-5  # LoRA's update is merged into the weight
+
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("lora").experiment_id])
+    assert run.info.run_name == "train" and run.data.params["use_lora"] == "True"
+    for term in ("loss", "nll", "consistency", "confidence", "lr", "grad_norm", "tokens_per_s"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, term)] == [1, 2, 3], term
+    assert {"loss.png", "metrics.jsonl"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.slow
+def test_zero3_lora_two_ranks_resume_exactly(corpus, fp32_config, tmp_path):
+    """ZeRO-3 shards parameters and optimizer state across ranks; resume must still be exact."""
+    config = {**json.loads(fp32_config.read_text()), "zero_optimization": {"stage": 3}}
+    (tmp_path / "z3.json").write_text(json.dumps(config))
+
+    def two_ranks(name, *extra):
+        port, procs = free_port(), []
+        for rank in (0, 1):  # a PyTorchJob's environment: no LOCAL_RANK, one process per pod
+            env = {
+                **ENV,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "WORLD_SIZE": "2",
+                "RANK": str(rank),
+            }
+            env.pop("LOCAL_RANK", None)
+            cmd = train_cmd("--model_path", "tiny-random", "--data_path", corpus, "--output_path", tmp_path,
+                            "--save_name", name, "--deepspeed_config_path", tmp_path / "z3.json",
+                            "--max_steps", 6, "--use_lora", *extra)  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+                )
+            )
+        outs = [p.communicate(timeout=900) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err[-4000:]
+        return [done_line(o) for o, _ in outs]
+
+    full = two_ranks("z3", "--save_steps", 3)
+    assert full[0]["params_sha256"] == full[1]["params_sha256"]
+    (tmp_path / "z3b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(
+        tmp_path / "z3" / "checkpoints" / "step-00000003", tmp_path / "z3b" / "checkpoints" / "step-00000003"
+    )
+    resumed = two_ranks("z3b", "--resume", "auto")
+    assert resumed[0]["params_sha256"] == full[0]["params_sha256"]
+    assert max_weight_diff(tmp_path / "z3" / "final", tmp_path / "z3b" / "final") <= 1e-6

@@ -168,10 +168,10 @@ def test_collate_pads_with_a_block_of_its_own():
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_path):
+    from ptr.models import load_tokenizer
     from ptr.train.model import load_causal_lm
 
-    lm, tokenizer = load_causal_lm(tiny_path, "sdpa")
-    return lm.eval(), tokenizer
+    return load_causal_lm(tiny_path, "sdpa").eval(), load_tokenizer(tiny_path)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

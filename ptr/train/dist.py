@@ -34,9 +34,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def prepare_environment(local_rank: int | None = None) -> None:
-    """Fill the variables torch.distributed and DeepSpeed read; must run before deepspeed is imported."""
+def prepare_environment(local_rank: int | None = None) -> list[str]:
+    """Fill the variables torch.distributed and DeepSpeed read; must run before deepspeed is imported.
+
+    Returns the names it added."""
     env = os.environ
+    before = set(env)
     if local_rank is not None and "LOCAL_RANK" not in env:  # the deepspeed launcher's --local_rank
         env["LOCAL_RANK"] = str(local_rank)
     if "RANK" not in env and "WORLD_SIZE" not in env:
@@ -52,6 +55,7 @@ def prepare_environment(local_rank: int | None = None) -> None:
 
         if not torch.cuda.is_available():
             env["DS_ACCELERATOR"] = "cpu"
+    return sorted(set(env) - before)
 
 
 def init() -> Dist:

@@ -1,4 +1,7 @@
-"""Per-step metrics: one stdout line, one ``metrics.jsonl`` record, MLflow when configured (rank 0)."""
+"""Per-step metrics: one stdout line, one ``metrics.jsonl`` record, MLflow when configured (rank 0).
+
+Loss terms and tokens are global (all-reduced over ranks); lr, grad norm and peak memory are rank 0's.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def format_line(r: dict) -> str:
     return (
         f"step {r['step']}/{r['total_steps']} epoch {r['epoch']} loss {r['loss']:.4f} nll {r['nll']:.4f} "
         f"cons {r['consistency']:.4f} conf {r['confidence']:.4f} lr {r['lr']:.3g} gnorm {r['grad_norm']:.3f} "
-        f"tok/s {r['tokens_per_s']:.0f} step_time {r['step_time']:.3f}s"
+        f"tok/s {r['tokens_per_s']:.0f} step_time {r['step_time']:.3f}s peak_mem {r['peak_mem_mb']:.0f}MB"
     )
 
 

@@ -23,24 +23,25 @@ DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules":
 FLASH = ("flash_attention_2", "flash_attention_3")
 
 
-def pick_attention(requested: str, on_cuda: bool) -> str:
-    """Flash-attention varlen on a GPU that has it; SDPA with an explicit block mask elsewhere."""
+def pick_attention(requested: str, on_cuda: bool, low_precision: bool) -> str:
+    """Flash-attention varlen on a GPU that has it (it computes in bf16/fp16 only); SDPA with an
+    explicit block-diagonal mask elsewhere."""
     from transformers.utils import is_flash_attn_2_available
 
-    flash_ok = on_cuda and is_flash_attn_2_available()
+    flash_ok = on_cuda and low_precision and is_flash_attn_2_available()
     if requested == "auto":
         return "flash_attention_2" if flash_ok else "sdpa"
     if requested in FLASH and not flash_ok:
-        raise PtrError(f"attn_implementation {requested}: needs a CUDA GPU and the flash-attn package")
+        raise PtrError(
+            f"attn_implementation {requested}: needs a CUDA GPU, the flash-attn package and bf16 or fp16"
+        )
     return requested
 
 
 def load_causal_lm(path: str, attn_implementation: str, dtype=torch.float32):
-    """The model in fp32 (DeepSpeed casts it to bf16/fp16 when the config asks), and its tokenizer."""
+    """The model in fp32 (DeepSpeed casts it to bf16/fp16 when the config asks)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
-
-    from ptr.models import load_tokenizer
 
     hf_logging.disable_progress_bar()
     try:
@@ -50,7 +51,7 @@ def load_causal_lm(path: str, attn_implementation: str, dtype=torch.float32):
     except OSError as err:
         raise PtrError(f"cannot load model {path}: {err}") from None
     model.config.use_cache = False
-    return model, load_tokenizer(path)
+    return model
 
 
 def lora_config(path: str | None, base_path: str):
