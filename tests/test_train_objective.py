@@ -174,10 +174,27 @@ def tiny_lm(tiny_path):
     return load_causal_lm(tiny_path, "sdpa").eval(), load_tokenizer(tiny_path)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def _packed_logits(lm, attn, input_ids, position_ids, doc_ids):
+    from ptr.train.attention import VARLEN_SDPA, cu_seqlens, register
+
+    register()
+    lm.config._attn_implementation = attn
+    try:
+        with torch.no_grad():
+            if attn == VARLEN_SDPA:
+                bounds = cu_seqlens(doc_ids)
+                return lm(
+                    input_ids=input_ids, position_ids=position_ids, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds
+                ).logits
+            mask = block_causal_mask(doc_ids, torch.float32)
+            return lm(input_ids=input_ids, position_ids=position_ids, attention_mask=mask).logits
+    finally:
+        lm.config._attn_implementation = "sdpa"
+
+
+@pytest.mark.parametrize("attn", ["ptr_varlen_sdpa", "sdpa", "eager"])
 def test_packed_documents_do_not_see_each_other(tiny_lm, attn):
     lm, _ = tiny_lm
-    lm.config._attn_implementation = attn
     g = torch.Generator().manual_seed(1)
     a, b = torch.randint(5, 700, (1, 20), generator=g), torch.randint(5, 700, (1, 15), generator=g)
     packed = torch.cat([b, a], dim=1)
@@ -185,19 +202,29 @@ def test_packed_documents_do_not_see_each_other(tiny_lm, attn):
     doc_ids = torch.tensor([[0] * 15 + [1] * 20])
     with torch.no_grad():
         alone = lm(input_ids=a, position_ids=torch.arange(20)[None]).logits
-        isolated = lm(
-            input_ids=packed, position_ids=positions, attention_mask=block_causal_mask(doc_ids, torch.float32)
-        ).logits
         leaky = lm(input_ids=packed, position_ids=positions, attention_mask=torch.ones_like(packed)).logits
-    lm.config._attn_implementation = "sdpa"
+    isolated = _packed_logits(lm, attn, packed, positions, doc_ids)
     torch.testing.assert_close(isolated[:, 15:], alone, atol=1e-4, rtol=1e-4)
     assert (leaky[:, 15:] - alone).abs().max() > 1e-2  # a plain causal mask would leak across documents
 
 
-def test_objective_of_a_document_is_the_same_alone_and_packed(tiny_lm):
+def test_varlen_attention_equals_the_block_mask_on_a_padded_batch(tiny_lm):
+    lm, _ = tiny_lm
+    batch = _packed_batch(vocab=700)  # two rows, three documents, one padding token
+    args = (batch["input_ids"], batch["position_ids"], batch["doc_ids"])
+    by_mask, by_document = _packed_logits(lm, "sdpa", *args), _packed_logits(lm, "ptr_varlen_sdpa", *args)
+    real = batch["doc_ids"] >= 0
+    torch.testing.assert_close(by_document[real], by_mask[real], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attn", ["ptr_varlen_sdpa", "sdpa"])
+def test_objective_of_a_document_is_the_same_alone_and_packed(tiny_lm, attn):
+    from ptr.train.attention import register
     from ptr.train.model import PackedObjective
 
     lm, _ = tiny_lm
+    register()
+    lm.config._attn_implementation = attn
     module = PackedObjective(lm)
     g = torch.Generator().manual_seed(2)
     doc_a = {"input_ids": torch.randint(5, 700, (18,), generator=g).numpy()}
@@ -213,6 +240,7 @@ def test_objective_of_a_document_is_the_same_alone_and_packed(tiny_lm):
     packed = collate([packed_item], 0)
     with torch.no_grad():
         one, two = module(**alone), module(**packed)
+    lm.config._attn_implementation = "sdpa"
     for key in ("loss", "nll", "consistency", "confidence"):
         assert two[key].item() == pytest.approx(one[key].item(), abs=1e-5), key
 

@@ -36,7 +36,7 @@ class TrainConfig(BaseModel):
     seed: int = 42
     resume: str | None = Field(None, description="'auto' (newest complete checkpoint) or a checkpoint dir")
     gradient_checkpointing: bool = False
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    attn_implementation: Literal["auto", "ptr_varlen_sdpa", "sdpa", "eager", "flash_attention_2"] = "auto"
     keep_checkpoints: PositiveInt | None = Field(None, description="keep only the newest N checkpoints")
 
     @field_validator("loss_weights", mode="before")

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptr.errors import PtrError
+from ptr.train.attention import VARLEN_SDPA, cu_seqlens
+from ptr.train.attention import register as register_varlen
 from ptr.train.data import block_causal_mask
 from ptr.train.loss import _at_least_fp32, loss_positions, objective
 
@@ -24,13 +26,13 @@ FLASH = ("flash_attention_2", "flash_attention_3")
 
 
 def pick_attention(requested: str, on_cuda: bool, low_precision: bool) -> str:
-    """Flash-attention varlen on a GPU that has it (it computes in bf16/fp16 only); SDPA with an
-    explicit block-diagonal mask elsewhere."""
+    """Flash-attention varlen on a GPU that has it (it computes in bf16/fp16 only), else one SDPA call
+    per document (see ``ptr.train.attention``)."""
     from transformers.utils import is_flash_attn_2_available
 
     flash_ok = on_cuda and low_precision and is_flash_attn_2_available()
     if requested == "auto":
-        return "flash_attention_2" if flash_ok else "sdpa"
+        return "flash_attention_2" if flash_ok else VARLEN_SDPA
     if requested in FLASH and not flash_ok:
         raise PtrError(
             f"attn_implementation {requested}: needs a CUDA GPU, the flash-attn package and bf16 or fp16"
@@ -44,6 +46,8 @@ def load_causal_lm(path: str, attn_implementation: str, dtype=torch.float32):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if attn_implementation == VARLEN_SDPA:
+        register_varlen()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, attn_implementation=attn_implementation
@@ -119,13 +123,14 @@ class PackedObjective(nn.Module):
 
     def forward(self, input_ids, position_ids, segments, doc_ids):
         lm = self.causal_lm()
-        embed = lm.get_input_embeddings()
-        if lm.config._attn_implementation in FLASH:
-            mask = None  # transformers derives cu_seqlens from the restarting position ids
-        else:
-            mask = block_causal_mask(doc_ids, embed.weight.dtype)
+        impl, mask, extra = lm.config._attn_implementation, None, {}
+        if impl == VARLEN_SDPA:
+            bounds = cu_seqlens(doc_ids)
+            extra = {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds}
+        elif impl not in FLASH:  # flash derives the boundaries from the restarting position ids itself
+            mask = block_causal_mask(doc_ids, lm.get_input_embeddings().weight.dtype)
         hidden = lm.get_decoder()(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **extra
         ).last_hidden_state
         b, i = loss_positions(segments, position_ids)
         logits = lm.get_output_embeddings()(hidden[b, i - 1])
