@@ -175,7 +175,9 @@ def run_smollm(work: Path, steps: int, threads: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--threads", type=int, default=1, help="per process; 1 keeps a shared machine's noise down")
+    p.add_argument(
+        "--threads", type=int, default=1, help="per process; 1 keeps a shared machine's noise down"
+    )
     p.add_argument("--smollm-steps", type=int, default=6)
     p.add_argument("--skip-smollm", action="store_true")
     p.add_argument("--trl", action="store_true", help=argparse.SUPPRESS)
