@@ -92,6 +92,33 @@ def corpus(tmp_path_factory, tiny_path):
 
 
 @pytest.fixture(scope="module")
+def encoded(tmp_path_factory, tiny_path):
+    """Shards written by `ptr encode` (its Python entry) from thought records, as the pipeline makes them."""
+    from ptr.encode import EncodeConfig, encode
+    from tests.support.thought_shards import arithmetic_example
+
+    work = tmp_path_factory.mktemp("encoded")
+    rng = random.Random(0)
+    with open(work / "thoughts.jsonl", "w") as f:
+        for i in range(40):
+            question, thoughts, answer = arithmetic_example(rng)
+            record = {
+                "id": f"q{i}",
+                "query": question,
+                "thoughts": [
+                    {"round": t, "model": "weak", "text": text} for t, text in enumerate(thoughts, 1)
+                ],
+                "answer": {"model": "strong", "text": answer},
+                "kept": True,
+            }
+            f.write(json.dumps(record) + "\n")
+    cfg = EncodeConfig(tokenizer_path=tiny_path, output_path=str(work), input=str(work / "thoughts.jsonl"),
+                       corpus_name="thoughts", max_length=256, merge_data=True, num_proc=1)  # fmt: skip
+    encode(cfg)
+    return work / "thoughts"
+
+
+@pytest.fixture(scope="module")
 def fp32_config(tmp_path_factory):
     path = tmp_path_factory.mktemp("ds") / "fp32.json"
     path.write_text(json.dumps(FP32_CONFIG))
@@ -207,14 +234,14 @@ def test_reference_run_exports_a_model_refine_loads(reference, tiny_path):
     ]  # the last step is the export, not a checkpoint
 
 
-def test_two_nodes_agree_on_losses_and_parameters(corpus, tmp_path):
+def test_two_nodes_agree_on_losses_and_parameters(encoded, tmp_path):
     port = free_port()
     procs = []
     for node_rank in (0, 1):
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-            "-m", "ptr.train", "--model_path", "tiny-random", "--data_path", str(corpus),
+            "-m", "ptr.train", "--model_path", "tiny-random", "--data_path", str(encoded),
             "--output_path", str(tmp_path), "--save_name", "two", "--max_steps", "4", "--save_steps", "2",
             "--loss_weights", "0.8,0.1,0.1",
         ]  # fmt: skip
@@ -230,7 +257,7 @@ def test_two_nodes_agree_on_losses_and_parameters(corpus, tmp_path):
     assert (rank0["rank"], rank1["rank"]) == (0, 1)
     assert rank0["loss"] == rank1["loss"]
     assert rank0["params_sha256"] == rank1["params_sha256"]
-    assert "2 rank(s)" in outputs[0][1]
+    assert "2 rank(s)" in outputs[0][1] and "another tokenizer" not in outputs[0][1]
     records = metrics(tmp_path / "two")
     assert [r["step"] for r in records] == [1, 2, 3, 4] and records[-1]["loss"] == rank0["loss"]
     # Each step's tokens are summed over both ranks: more than either rank's micro-batches hold alone.

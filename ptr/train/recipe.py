@@ -115,6 +115,14 @@ class Recipe:
         self.model_path = resolve(cfg.model_path)
         self.tokenizer = load_tokenizer(self.model_path)
         self.batches = Batches(self.dataset, self.micro, self.accum, self.tokenizer.pad_token_id)
+        encoded_with = self.dataset.meta.get("tokenizer", {}).get("hash")
+        if dist.is_main and encoded_with and len(encoded_with) == 64:
+            from ptr.encode.layout import tokenizer_hash
+
+            if tokenizer_hash(self.tokenizer) != encoded_with:
+                self.say(
+                    f"warning: {cfg.data_path} was encoded with another tokenizer than {cfg.model_path}'s"
+                )
         self.total_steps = cfg.max_steps or cfg.max_epochs * self.batches.steps_per_epoch
         self.ds = ds_config.resolve(
             self.ds_raw,
