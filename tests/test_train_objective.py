@@ -166,6 +166,20 @@ def test_collate_pads_with_a_block_of_its_own():
     assert mask[0, 7, 6] < -1e30 and mask[0, 7, 7] == 0 and mask[0, 3, 4] < -1e30 and mask[0, 6, 0] == 0
 
 
+def test_flash_attention_gets_document_boundaries_over_the_flattened_batch():
+    from ptr.train.attention import packed_attention_inputs
+
+    batch = _packed_batch()  # rows: docs of 7 and 4 tokens; a doc of 10 tokens and 1 padding token
+    mask, extra = packed_attention_inputs("flash_attention_2", batch["doc_ids"], torch.bfloat16)
+    assert mask is None
+    assert (
+        extra["cu_seq_lens_q"].tolist() == [0, 7, 11, 21, 22] and extra["cu_seq_lens_q"].dtype == torch.int32
+    )
+    assert extra["max_length_q"] == extra["max_length_k"] == 10
+    mask, extra = packed_attention_inputs("sdpa", batch["doc_ids"], torch.float32)
+    assert extra == {} and mask.shape == (2, 1, 11, 11)
+
+
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_path):
     from ptr.models import load_tokenizer

@@ -2,8 +2,9 @@
 
 Three ways to keep packed documents from attending to one another, all giving the same result:
 
-* ``flash_attention_2`` (CUDA, bf16/fp16): flash-attention's varlen kernel; transformers derives the
-  document boundaries from the restarting position ids.
+* ``flash_attention_2`` (CUDA, bf16/fp16): flash-attention's varlen kernel over the batch flattened
+  into one token stream, given the document boundaries (``cu_seq_lens_q/k``, ``max_length_q/k``).
+  (transformers would infer them from restarting position ids only for a batch of one row.)
 * ``sdpa`` / ``eager`` with the explicit additive block-diagonal causal mask of
   :func:`ptr.train.data.block_causal_mask` (``--attn_implementation sdpa``): simple, but it computes
   the full L × L score matrix, most of which the mask throws away.
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 VARLEN_SDPA = "ptr_varlen_sdpa"
+FLASH = ("flash_attention_2", "flash_attention_3")
 
 
 def cu_seqlens(doc_ids: torch.Tensor) -> list[int]:
@@ -59,6 +61,20 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
     ]
     out = torch.cat(pieces, dim=2).reshape(heads, batch, length, dim)
     return out.permute(1, 2, 0, 3).contiguous(), None  # [B, L, H, D], as transformers expects
+
+
+def packed_attention_inputs(impl: str, doc_ids: torch.Tensor, dtype: torch.dtype):
+    """``(attention_mask, extra model kwargs)`` that keep the documents of ``doc_ids`` apart under ``impl``."""
+    from ptr.train.data import block_causal_mask
+
+    if impl not in FLASH and impl != VARLEN_SDPA:
+        return block_causal_mask(doc_ids, dtype), {}
+    bounds = cu_seqlens(doc_ids)
+    if impl == VARLEN_SDPA:
+        return None, {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds}
+    cu = torch.tensor(bounds, dtype=torch.int32, device=doc_ids.device)
+    longest = max(e - s for s, e in zip(bounds[:-1], bounds[1:], strict=True))
+    return None, {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 
 def register() -> None:

@@ -16,13 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptr.errors import PtrError
-from ptr.train.attention import VARLEN_SDPA, cu_seqlens
+from ptr.train.attention import FLASH, VARLEN_SDPA, packed_attention_inputs
 from ptr.train.attention import register as register_varlen
-from ptr.train.data import block_causal_mask
 from ptr.train.loss import _at_least_fp32, loss_positions, objective
 
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
-FLASH = ("flash_attention_2", "flash_attention_3")
 
 
 def pick_attention(requested: str, on_cuda: bool, low_precision: bool) -> str:
@@ -123,12 +121,9 @@ class PackedObjective(nn.Module):
 
     def forward(self, input_ids, position_ids, segments, doc_ids):
         lm = self.causal_lm()
-        impl, mask, extra = lm.config._attn_implementation, None, {}
-        if impl == VARLEN_SDPA:
-            bounds = cu_seqlens(doc_ids)
-            extra = {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds}
-        elif impl not in FLASH:  # flash derives the boundaries from the restarting position ids itself
-            mask = block_causal_mask(doc_ids, lm.get_input_embeddings().weight.dtype)
+        mask, extra = packed_attention_inputs(
+            lm.config._attn_implementation, doc_ids, lm.get_input_embeddings().weight.dtype
+        )
         hidden = lm.get_decoder()(
             input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **extra
         ).last_hidden_state

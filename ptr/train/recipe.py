@@ -96,7 +96,6 @@ class Recipe:
         import torch
         from deepspeed.utils import logger as ds_logger
 
-        from ptr import storage
         from ptr.encode.shards import ShardDataset
         from ptr.models import default_dtype, load_tokenizer, resolve
         from ptr.train import checkpoint, ds_config
@@ -109,7 +108,7 @@ class Recipe:
         torch.manual_seed(cfg.seed)
 
         self.dataset = ShardDataset(
-            storage.fetch(cfg.data_path), seed=cfg.seed, rank=dist.rank, world_size=dist.world_size
+            local_data(cfg.data_path, dist), seed=cfg.seed, rank=dist.rank, world_size=dist.world_size
         )
         self.micro, self.accum = ds_config.batch_sizes(self.ds_raw, dist.world_size, self.ds_source)
         self.model_path = resolve(cfg.model_path)
@@ -195,7 +194,9 @@ class Recipe:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.lora is not None:
                 lm.enable_input_require_grads()
-        return model.PackedObjective(lm, cfg.loss_weights, cfg.beta_power)
+        return model.PackedObjective(
+            lm, cfg.loss_weights, cfg.beta_power
+        ).train()  # from_pretrained gives eval mode
 
     def _describe(self) -> None:
         if not self.dist.is_main:
@@ -225,6 +226,9 @@ class Recipe:
 
         self.metrics = None
         if self.dist.is_main:
+            tracker.log_dataset(
+                self.cfg.data_path, name=self.dataset.meta.get("corpus_name"), context="training"
+            )
             write = lambda line: tqdm.write(line, file=sys.stdout)  # noqa: E731 (keeps the bar intact)
             self.metrics = MetricsLog(
                 self.run_dir / "metrics.jsonl", tracker, resume_step=self.start_step, write=write
@@ -279,10 +283,10 @@ class Recipe:
         self.say(f"checkpoint {path}")
 
     def tracking(self):
-        from ptr.tracking import stage_run
+        from ptr.tracking import NullRun, stage_run
 
         if not self.dist.is_main:
-            return contextlib.nullcontext(_NullTracker())
+            return contextlib.nullcontext(NullRun())
         params = {
             **{k: v for k, v in self.cfg.model_dump().items() if v is not None},
             "world_size": self.dist.world_size,
@@ -293,7 +297,7 @@ class Recipe:
             "deepspeed_config_source": self.ds_source,
             "deepspeed_config_hash": self.ds_hash,
         }
-        return stage_run("train", params)
+        return stage_run("train", params, tags={"ptr.base_model": self.cfg.model_path})
 
     # -- finish ---------------------------------------------------------------------------------
 
@@ -363,6 +367,24 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def local_data(data_path: str, dist) -> Path:
+    """The corpus on local disk: an ``s3://`` corpus is downloaded once per node (by its local rank 0)."""
+    import hashlib
+
+    import torch.distributed as torch_dist
+
+    from ptr import storage
+    from ptr.models.cache import cache_root
+
+    if not storage.is_remote(data_path):
+        return Path(data_path)
+    dest = cache_root() / "train-data" / hashlib.sha256(data_path.encode()).hexdigest()[:16]
+    if dist.local_rank == 0:
+        storage.fetch(data_path, dest)
+    torch_dist.barrier()
+    return dest
+
+
 def local_run_dir(cfg: TrainConfig) -> Path:
     """Where this run writes: the output path itself, or a local staging folder for s3:// outputs."""
     from ptr import storage
@@ -371,11 +393,3 @@ def local_run_dir(cfg: TrainConfig) -> Path:
     if storage.is_remote(cfg.output_path):
         return cache_root() / "train-staging" / cfg.save_name
     return cfg.run_dir
-
-
-class _NullTracker:
-    def log_metrics(self, metrics, step=None):
-        pass
-
-    def log_artifact(self, path, artifact_path=None):
-        pass
