@@ -72,6 +72,7 @@ def objective(
         zero = hidden.sum() * 0.0 + logp.sum() * 0.0
         return LossTerms(zero, zero, zero, zero)
     segment, doc = segment.long(), doc.long()
+    hidden = _at_least_fp32(hidden)  # pooled sums and cosines in bf16 would be coarse
 
     answer = segment == ANSWER
     nll = -(logp * answer).sum() / answer.sum().clamp(min=1)
@@ -102,7 +103,7 @@ def objective(
     )
 
     same_doc = doc_index[1:] == doc_index[:-1]  # (t-1, t) pairs inside one document
-    gap = 1.0 - F.cosine_similarity(pooled[1:].float(), pooled[:-1].float(), dim=-1)
+    gap = 1.0 - F.cosine_similarity(pooled[1:], pooled[:-1], dim=-1)
     consistency = (
         torch.zeros(n_docs, dtype=gap.dtype, device=keys.device)
         .index_add_(0, doc_index[1:][same_doc], gap[same_doc])
