@@ -1,0 +1,393 @@
+"""`ptr train` end to end on tiny-random: DeepSpeed on the CPU (gloo), real processes.
+
+* kill-and-resume: a run SIGKILLed at a random step and resumed with ``--resume auto`` ends with the
+  same weights as a run never stopped;
+* two nodes: two ``torchrun --nnodes 2`` processes on 127.0.0.1 agree on losses and parameters, and
+  export a model that ``ptr refine`` loads;
+* LoRA from scratch (merged export) and from a checkpoint (adapter export).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ptr.train.checkpoint import load_checkpoint_weights
+from tests.conftest import REPO
+from tests.support.procs import free_port
+
+STEPS = 12  # crosses the 11-step epoch of the corpus below, so resume also crosses an epoch boundary
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+FP32_CONFIG = {
+    "train_micro_batch_size_per_gpu": 2,
+    "gradient_accumulation_steps": 2,
+    "gradient_clipping": 1.0,
+    "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "weight_decay": 0.01}},
+    "scheduler": {
+        "type": "WarmupDecayLR",
+        "params": {
+            "warmup_num_steps": 3,
+            "warmup_type": "linear",
+            "total_num_steps": "auto",
+            "warmup_max_lr": "auto",
+        },
+    },
+    "zero_optimization": {"stage": 2},
+    "bf16": {"enabled": False},
+}
+
+
+def train_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "ptr", "train", *map(str, args)]
+
+
+def run_train(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        train_cmd(*args),
+        capture_output=True,
+        text=True,
+        env={**ENV, **(env or {})},
+        cwd=REPO,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def done_line(stdout: str) -> dict:
+    lines = [json.loads(x) for x in stdout.splitlines() if x.startswith('{"event": "done"')]
+    assert lines, stdout[-2000:]
+    return lines[-1]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def max_weight_diff(a: Path, b: Path) -> float:
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert x.keys() == y.keys()
+    return max((x[k].double() - y[k].double()).abs().max().item() for k in x)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_path):
+    from ptr.models import load_tokenizer
+    from tests.support.thought_shards import write_corpus
+
+    return write_corpus(
+        tmp_path_factory.mktemp("corpus") / "c", load_tokenizer(tiny_path), n_docs=48, pack_to=160
+    )
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory, tiny_path):
+    """Shards written by `ptr encode` (its Python entry) from thought records, as the pipeline makes them."""
+    from ptr.encode import EncodeConfig, encode
+    from tests.support.thought_shards import arithmetic_example
+
+    work = tmp_path_factory.mktemp("encoded")
+    rng = random.Random(0)
+    with open(work / "thoughts.jsonl", "w") as f:
+        for i in range(40):
+            question, thoughts, answer = arithmetic_example(rng)
+            record = {
+                "id": f"q{i}",
+                "query": question,
+                "thoughts": [
+                    {"round": t, "model": "weak", "text": text} for t, text in enumerate(thoughts, 1)
+                ],
+                "answer": {"model": "strong", "text": answer},
+                "kept": True,
+            }
+            f.write(json.dumps(record) + "\n")
+    cfg = EncodeConfig(tokenizer_path=tiny_path, output_path=str(work), input=str(work / "thoughts.jsonl"),
+                       corpus_name="thoughts", max_length=256, merge_data=True, num_proc=1)  # fmt: skip
+    encode(cfg)
+    return work / "thoughts"
+
+
+@pytest.fixture(scope="module")
+def fp32_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ds") / "fp32.json"
+    path.write_text(json.dumps(FP32_CONFIG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def common(corpus, fp32_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return ["--model_path", "tiny-random", "--data_path", corpus, "--output_path", out,
+            "--deepspeed_config_path", fp32_config, "--seed", 7]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(common):
+    """An uninterrupted run, started in the background so other runs overlap with it."""
+    out = Path(common[5])
+    log = open(out / "reference.log", "w")  # noqa: SIM115 (closed when the run is awaited)
+    proc = subprocess.Popen(
+        train_cmd(*common, "--save_name", "reference", "--max_steps", STEPS, "--save_steps", 2),
+        stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=REPO, start_new_session=True,
+    )  # fmt: skip
+
+    def result() -> Path:
+        if proc.wait(timeout=600) != 0:
+            raise AssertionError((out / "reference.log").read_text()[-4000:])
+        log.close()
+        return out / "reference"
+
+    yield result
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(common, reference):
+    out = Path(common[5])
+    run_dir = out / "killed"
+    kill_after = random.randint(3, 9)  # checkpoints every 2 steps, so at least one is complete
+    args = [*common, "--save_name", "killed", "--max_steps", STEPS, "--save_steps", 2]
+    with open(out / "killed.log", "w") as log:
+        proc = subprocess.Popen(
+            train_cmd(*args), stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=REPO, start_new_session=True
+        )
+        try:
+            deadline = time.time() + 600
+            while time.time() < deadline and proc.poll() is None:
+                path = run_dir / "metrics.jsonl"
+                if path.exists() and path.read_text().count("\n") >= kill_after:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.01)
+        finally:
+            returncode = proc.wait(timeout=60)
+    assert returncode == -signal.SIGKILL, f"the run ended ({returncode}) before step {kill_after} was seen"
+    killed_at = len(metrics(run_dir))
+    assert killed_at < STEPS
+
+    resumed = run_train(*args, "--resume", "auto")
+    assert f"resumed from {run_dir / 'checkpoints'}" in resumed.stderr
+    restart = int(resumed.stderr.split(" at step ")[1].split()[0])
+    assert 2 <= restart <= killed_at
+
+    ref = reference()
+    assert max_weight_diff(ref / "final", run_dir / "final") <= 1e-6
+    got, want = metrics(run_dir), metrics(ref)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # steps redone after the kill appear once
+    for a, b in zip(got, want, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["lr"] == pytest.approx(
+            b["lr"], abs=1e-12
+        )
+
+
+def test_reference_run_exports_a_model_refine_loads(reference, tiny_path):
+    from transformers import AutoModelForCausalLM
+
+    from ptr.inference import SamplingParams
+    from ptr.inference.hf import TransformersBackend
+
+    run_dir = reference()
+    final = run_dir / "final"
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "ptr_train.json",
+    ):
+        assert (final / name).is_file(), name
+    # Tied embeddings survive: one tensor in the file, one parameter in the loaded model.
+    weights = load_file(final / "model.safetensors")
+    assert "lm_head.weight" not in weights and "model.embed_tokens.weight" in weights
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
+    base = load_file(Path(tiny_path) / "model.safetensors")
+    assert (weights["model.embed_tokens.weight"] - base["model.embed_tokens.weight"]).abs().max() > 1e-3
+
+    backend = TransformersBackend(str(final), dtype="float32")
+    [completion] = backend.generate(
+        [[{"role": "user", "content": "What is 3 * 4?"}]], SamplingParams(max_new_tokens=5)
+    )
+    assert completion.completion_tokens > 0
+
+    records = metrics(run_dir)
+    assert len(records) == STEPS
+    for key in ("loss", "nll", "consistency", "confidence", "lr", "grad_norm", "tokens_per_s", "step_time"):
+        assert all(isinstance(r[key], float) for r in records), key
+    assert records[-1]["nll"] < records[0]["nll"]
+    assert (run_dir / "loss.png").stat().st_size > 1000
+    steps = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert steps == [
+        f"step-{s:08d}" for s in range(2, STEPS, 2)
+    ]  # the last step is the export, not a checkpoint
+
+
+def test_two_nodes_agree_on_losses_and_parameters(encoded, tmp_path):
+    port = free_port()
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
+            "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "-m", "ptr.train", "--model_path", "tiny-random", "--data_path", str(encoded),
+            "--output_path", str(tmp_path), "--save_name", "two", "--max_steps", "4", "--save_steps", "2",
+            "--loss_weights", "0.8,0.1,0.1",
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO
+            )
+        )
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-4000:]
+    rank0, rank1 = (done_line(out) for out, _ in outputs)
+    assert (rank0["rank"], rank1["rank"]) == (0, 1)
+    assert rank0["loss"] == rank1["loss"]
+    assert rank0["params_sha256"] == rank1["params_sha256"]
+    assert "2 rank(s)" in outputs[0][1] and "another tokenizer" not in outputs[0][1]
+    records = metrics(tmp_path / "two")
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and records[-1]["loss"] == rank0["loss"]
+    # Each step's tokens are summed over both ranks: more than either rank's micro-batches hold alone.
+    assert all(r["tokens"] > 0 for r in records)
+    provenance = json.loads((tmp_path / "two" / "final" / "ptr_train.json").read_text())
+    assert provenance["params_sha256"] == rank0["params_sha256"]
+
+    from tests.conftest import run_ptr
+
+    refined = run_ptr("refine", "--model_path", tmp_path / "two" / "final", "--rounds", "2",
+                      "--question", "What is 6 * 7?", "--max_new_tokens", "4", "--dtype", "float32")  # fmt: skip
+    assert refined.returncode == 0, refined.stderr[-2000:]
+    assert "Round 2" in refined.stdout
+
+
+def test_lora_from_scratch_and_from_a_checkpoint(common, reference, tiny_path, monkeypatch):
+    out = Path(common[5])
+    mlflow_uri = (out / "mlruns").as_uri()  # a local MLflow store: with a tracking URI, metrics go to MLflow
+    mlflow_env = {
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "MLFLOW_ALLOW_FILE_STORE": "true",
+        "PTR_EXPERIMENT": "lora",
+    }
+    full_ckpt = reference() / "checkpoints" / "step-00000004"
+    runs = {  # both at once: from scratch (adapter kept apart), and from a full fine-tuning checkpoint (merged)
+        "scratch": (["--use_lora", "--save_lora_adapter"], mlflow_env),
+        "from_ckpt": (["--use_lora", "--load_ckpt_path", full_ckpt], {}),
+    }
+    procs = {
+        name: subprocess.Popen(
+            train_cmd(*common, "--save_name", name, "--max_steps", 3, *flags),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**ENV, **env},
+            cwd=REPO,
+        )  # fmt: skip
+        for name, (flags, env) in runs.items()
+    }
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{name}: {err[-4000:]}"
+
+    base = load_file(Path(tiny_path) / "model.safetensors")
+    adapter = out / "scratch" / "final"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert not (adapter / "model.safetensors").exists()
+    from ptr.models import load_model
+
+    model, _ = load_model(str(adapter), dtype="float32", device="cpu")  # transformers loads it through peft
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+    assert json.loads((adapter / "ptr_train.json").read_text())["lora_merged"] is False
+
+    merged = load_file(out / "from_ckpt" / "final" / "model.safetensors")
+    assert merged.keys() == base.keys()  # merged: a plain model, no adapter tensors
+    ckpt_weights = load_checkpoint_weights(full_ckpt)
+    emb, q = "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(merged[emb], ckpt_weights[emb])  # frozen under LoRA: the checkpoint's, not the base's
+    assert not torch.equal(merged[emb], base[emb])
+    assert (merged[q] - ckpt_weights[q]).abs().max() > 1e-5  # LoRA's update is merged into the weight
+
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("lora").experiment_id])
+    assert run.info.run_name == "train" and run.data.params["use_lora"] == "True"
+    for term in ("loss", "nll", "consistency", "confidence", "lr", "grad_norm", "tokens_per_s"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, term)] == [1, 2, 3], term
+    assert {"loss.png", "metrics.jsonl"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.slow
+def test_zero3_lora_two_ranks_resume_exactly(corpus, fp32_config, tmp_path):
+    """ZeRO-3 shards parameters and optimizer state across ranks; resume must still be exact."""
+    config = {**json.loads(fp32_config.read_text()), "zero_optimization": {"stage": 3}}
+    (tmp_path / "z3.json").write_text(json.dumps(config))
+
+    def two_ranks(name, *extra):
+        port, procs = free_port(), []
+        for rank in (0, 1):  # a PyTorchJob's environment: no LOCAL_RANK, one process per pod
+            env = {
+                **ENV,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "WORLD_SIZE": "2",
+                "RANK": str(rank),
+            }
+            env.pop("LOCAL_RANK", None)
+            cmd = train_cmd("--model_path", "tiny-random", "--data_path", corpus, "--output_path", tmp_path,
+                            "--save_name", name, "--deepspeed_config_path", tmp_path / "z3.json",
+                            "--max_steps", 6, "--use_lora", *extra)  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+                )
+            )
+        outs = [p.communicate(timeout=900) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err[-4000:]
+        return [done_line(o) for o, _ in outs]
+
+    full = two_ranks("z3", "--save_steps", 3)
+    assert full[0]["params_sha256"] == full[1]["params_sha256"]
+    (tmp_path / "z3b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(
+        tmp_path / "z3" / "checkpoints" / "step-00000003", tmp_path / "z3b" / "checkpoints" / "step-00000003"
+    )
+    resumed = two_ranks("z3b", "--resume", "auto")
+    assert resumed[0]["params_sha256"] == full[0]["params_sha256"]
+    assert max_weight_diff(tmp_path / "z3" / "final", tmp_path / "z3b" / "final") <= 1e-6
+
+
+@pytest.mark.slow
+def test_data_from_and_export_to_s3(corpus, fp32_config, tmp_path, monkeypatch):
+    """A real S3 store (SeaweedFS on 127.0.0.1): shards read from s3://, the export published to s3://."""
+    from ptr import storage
+    from ptr.tracking.stack import Stack
+
+    stack = Stack(tmp_path / "stack")
+    try:
+        s3_env = {**stack.up(services=("weed",)), "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                  "AWS_CONFIG_FILE": "/nonexistent", "PTR_TRACKING": "off"}  # fmt: skip
+        for key, value in s3_env.items():
+            monkeypatch.setenv(key, value)
+        storage.publish(corpus, "s3://ptr/train-test/corpus")
+        run_train("--model_path", "tiny-random", "--data_path", "s3://ptr/train-test/corpus",
+                  "--output_path", "s3://ptr/train-test/runs", "--save_name", "s3run", "--max_steps", 2,
+                  "--deepspeed_config_path", fp32_config, env=s3_env)  # fmt: skip
+        back = storage.fetch("s3://ptr/train-test/runs/s3run/final", tmp_path / "back")
+        assert (back / "model.safetensors").is_file() and (back / "tokenizer.json").is_file()
+    finally:
+        stack.down()
