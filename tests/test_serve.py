@@ -352,6 +352,8 @@ def test_refine_cli_with_kserve_backend(server):
 def test_serve_cli_rejects_bad_arguments():
     proc = run_ptr("serve", "--model_path", "tiny-random", "--max_batch_size", "0")
     assert proc.returncode == 2 and "--max_batch_size must be >= 1" in proc.stderr
+    proc = run_ptr("serve", "--model_path", "tiny-random", "--threads", "-1")
+    assert proc.returncode == 2 and "--threads must be >= 0" in proc.stderr
     proc = run_ptr("serve", "--model_path", "./no/such/model", "--port", str(free_port()))
     assert proc.returncode == 2 and "no/such/model" in proc.stderr
 

@@ -70,7 +70,7 @@ def _measure(backend):
 
 
 class DynamicBatcher:
-    def __init__(self, backend, *, max_batch_size: int = 16, max_wait_ms: float = 10.0):
+    def __init__(self, backend, *, max_batch_size: int = 16, max_wait_ms: float = 10.0, worker_init=None):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         if max_wait_ms < 0:
@@ -82,7 +82,9 @@ class DynamicBatcher:
             backend, "prefix_reuse", False
         )
         self._length, self.context_length = _measure(backend)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ptr-generate")  # the model is not shared
+        # One worker thread: the model is not shared. ``worker_init`` runs in it first (thread settings
+        # such as torch's intra-op thread count are per thread under OpenMP).
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ptr-generate", initializer=worker_init)
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self.batches = 0
@@ -153,6 +155,9 @@ class DynamicBatcher:
                         job.future.set_exception(outcome)
                     else:
                         job.future.set_result(outcome)
+            # Let the requests just answered queue their next round before the next batch is gathered,
+            # so a conversation's rounds stay in step with the batch it came in (one loop turn is enough).
+            await asyncio.sleep(0)
 
     def _run(self, params: SamplingParams, jobs: list[_Job]) -> list:
         """Runs in the worker thread: measure every prompt, then one generate for those that fit."""

@@ -32,6 +32,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc_port", type=int, default=0, help="also serve KServe's gRPC V2 here (0 = off)")
     p.add_argument("--backend", choices=BACKENDS, default="transformers")
     p.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for generation (0 = torch's default, one per core)",
+    )
     p.add_argument("--max_batch_size", type=int, default=16, help="generations gathered into one call")
     p.add_argument("--max_wait_ms", type=float, default=10.0, help="how long a batch waits to fill")
     p.add_argument("--max_rounds", type=int, default=8, help="most refinement rounds one request may ask")
@@ -47,6 +53,8 @@ def _check(args) -> None:
     for name in ("max_batch_size", "max_rounds", "max_instances", "max_new_tokens_limit"):
         if getattr(args, name) < 1:
             raise PtrError(f"--{name} must be >= 1")
+    if args.threads < 0:
+        raise PtrError("--threads must be >= 0 (0 = torch's default)")
     if args.max_wait_ms < 0:
         raise PtrError("--max_wait_ms must be >= 0")
     if not 0 < args.port < 65536 or not 0 <= args.grpc_port < 65536:
@@ -100,6 +108,7 @@ def build_server(args):
             max_new_tokens=args.max_new_tokens_limit,
         ),
         refine_prompt=args.refine_prompt,
+        threads=args.threads,
     )
     model.load()
     openai_routes.register(kserve.model_server.app, model)

@@ -78,8 +78,10 @@ class RefiningModel(kserve.Model):
         max_wait_ms: float = 10.0,
         limits: Limits = Limits(),
         refine_prompt: str = REFINE_PROMPT,
+        threads: int = 0,
     ):
         super().__init__(name)
+        self.threads = threads  # torch intra-op threads for generation (0 = torch's default)
         self.model_ref, self.backend_kind = model_ref, backend
         self.backend_options = dict(backend_options or {})
         self.max_batch_size, self.max_wait_ms = max_batch_size, max_wait_ms
@@ -93,10 +95,18 @@ class RefiningModel(kserve.Model):
             options.setdefault("batch_size", self.max_batch_size)  # one forward pass per gathered batch
         self.backend = load_backend(self.backend_kind, self.model_ref, **options)
         self.batcher = DynamicBatcher(
-            self.backend, max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms
+            self.backend,
+            max_batch_size=self.max_batch_size,
+            max_wait_ms=self.max_wait_ms,
+            worker_init=self._set_threads if self.threads else None,
         )
         self.ready = True
         return self.ready
+
+    def _set_threads(self):
+        import torch
+
+        torch.set_num_threads(self.threads)
 
     # -- V2 metadata ------------------------------------------------------------------------------
 

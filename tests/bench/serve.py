@@ -90,11 +90,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max_new_tokens", type=int, default=48)
     ap.add_argument("--max_batch_size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0, help="ptr serve --threads (0 = torch's default)")
     args = ap.parse_args()
 
     log = Path(tempfile.mkdtemp(prefix="ptr-bench-serve-")) / "server.log"
     with ptr_server(
-        args.model, "--max_batch_size", args.max_batch_size, "--dtype", "float32", log=log
+        args.model,
+        "--max_batch_size",
+        args.max_batch_size,
+        "--threads",
+        args.threads,
+        "--dtype",
+        "float32",
+        log=log,
     ) as url:
         run_phase(url, QUESTIONS[:1], 1, args.rounds, args.max_new_tokens)  # warm-up
         one = run_phase(url, QUESTIONS, 1, args.rounds, args.max_new_tokens)
@@ -107,6 +115,7 @@ def main() -> None:
                 "model": args.model,
                 "rounds": args.rounds,
                 "max_new_tokens": args.max_new_tokens,
+                "threads": args.threads,
                 "ratio": round(ratio, 3),
                 "target": 3.0,
                 "sequential": one,
