@@ -365,21 +365,48 @@ def test_eval_end_to_end_against_served_model(server, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"arith": {"limit": 6, "num_fewshots": 0}}))
     common = ["--tasks", "arith", "--rounds", "2", "--config_path", config, "--output_path", tmp_path,
-              "--max_new_tokens", "8", "--save_infer_texts", "--save_infer_results"]  # fmt: skip
-    served = run_ptr("eval", "--model_type", "kserve", "--endpoint", server, "--model_path", "ptr",
-                     "--save_name", "served", *common)  # fmt: skip
+              "--max_new_tokens", "8", "--format_type", "chat", "--bootstrap", "50", "--no_plot"]  # fmt: skip
+    served = run_ptr(
+        "eval",
+        "--model_type",
+        "kserve",
+        "--endpoint",
+        server,
+        "--model_path",
+        "ptr",
+        "--save_name",
+        "served",
+        *common,
+    )
     assert served.returncode == 0, served.stderr[-3000:]
-    local = run_ptr("eval", "--model_type", "transformers", "--model_path", "tiny-random",
+    local = run_ptr("eval", "--model_type", "transformers", "--model_path", "tiny-random", "--dtype", "float32",
                     "--save_name", "local", *common)  # fmt: skip
     assert local.returncode == 0, local.stderr[-3000:]
     metrics = json.loads((tmp_path / "served" / "arith.metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
-    rows = [json.loads(x) for x in (tmp_path / "served" / "arith.predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and all(len(r["rounds"]) == 2 for r in rows)
+
+    def outputs(name):
+        lines = (tmp_path / name / "arith.predictions.jsonl").read_text().splitlines()
+        return [[x["output"] for x in json.loads(line)["rounds"]] for line in lines]
+
+    served_outputs = outputs("served")
+    assert len(served_outputs) == 6 and all(len(r) == 2 for r in served_outputs)
     # rounds run server-side give the same outputs as local evaluation of the same model
-    local_rows = [
-        json.loads(x) for x in (tmp_path / "local" / "arith.predictions.jsonl").read_text().splitlines()
-    ]
-    assert [[x["output"] for x in r["rounds"]] for r in rows] == [
-        [x["output"] for x in r["rounds"]] for r in local_rows
-    ]
+    assert served_outputs == outputs("local")
+
+
+@pytest.mark.slow
+@pytest.mark.smollm
+def test_smollm_answers_v1_and_v2_with_two_rounds(tmp_path, smollm_path):
+    with ptr_server("smollm2-135m-instruct", log=tmp_path / "server.log") as url:
+        request = {
+            "instances": [{"messages": chat("What is 12 * 7?")}],
+            "parameters": {"rounds": 2, "max_new_tokens": 12},
+        }
+        v1 = predict(url, request)
+        assert v1.status_code == 200, v1.text
+        rounds = v1.json()["predictions"][0]["rounds"]
+        assert [r["round"] for r in rounds] == [1, 2] and all(r["text"].strip() for r in rounds)
+        v2 = httpx.post(f"{url}/v2/models/ptr/infer", json=v2_body(request), timeout=300)
+        assert v2.status_code == 200, v2.text
+        assert json.loads(v2.json()["outputs"][0]["data"][0]) == v1.json()  # greedy: the same answers
