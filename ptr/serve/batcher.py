@@ -147,7 +147,10 @@ class DynamicBatcher:
                 if not job.future.cancelled():  # its request went away while it waited
                     groups[job.params].append(job)
             for params, jobs in groups.items():
-                outcomes = await loop.run_in_executor(self._executor, self._run, params, jobs)
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, self._run, params, jobs)
+                except Exception as err:  # never let one batch stop the collector
+                    outcomes = [err] * len(jobs)
                 for job, outcome in zip(jobs, outcomes, strict=True):
                     if job.future.done():
                         continue
@@ -167,7 +170,7 @@ class DynamicBatcher:
             try:
                 self._check_fits(job.conversation)
                 ready.append(i)
-            except ValueError as err:
+            except Exception as err:  # e.g. a chat the template cannot render: this job's error only
                 outcomes[i] = err
         if not ready:
             return outcomes
