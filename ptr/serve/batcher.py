@@ -1,0 +1,219 @@
+"""Dynamic batching: generations from concurrent requests run as one ``backend.generate`` call.
+
+Each request submits one job per conversation per round. A single worker thread runs the model; while
+it is busy, new jobs queue up. The collector takes the first queued job, then gathers more until the
+batch holds ``max_batch_size`` jobs or ``max_wait_ms`` has passed, splits the batch by sampling
+parameters (one ``generate`` takes one set) and runs each group. Rounds of different requests mix: round
+2 of one request can share a batch with round 1 of another.
+
+With the transformers backend each job carries its conversation's attention cache from the previous
+round (a :class:`~ptr.inference.hf.PrefixStore` entry), so round k runs only the new tokens through the
+model, as :func:`ptr.inference.refine` does, even though the batch around it changes from round to round.
+
+Before a job reaches the model its prompt is measured against the context; one that does not fit fails
+alone (:class:`ContextOverflow`) and never disturbs the batch it would have joined. This module does not
+import kserve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Histogram
+
+from ptr.inference import Completion, Conversation, SamplingParams, continue_conversation
+from ptr.serve.schema import RequestError
+
+BATCH_SIZE = Histogram(
+    "ptr_serve_batch_size",
+    "Generations run together in one generate call",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+GENERATIONS = Counter("ptr_serve_generations_total", "Generations run (one per conversation per round)")
+
+
+class ContextOverflow(ValueError):
+    """A prompt that leaves no room in the model's context for even one new token."""
+
+
+@dataclass
+class _Job:
+    conversation: Conversation
+    params: SamplingParams
+    entry: object  # the conversation's cache from its previous round, or None
+    future: asyncio.Future = field(repr=False)
+
+
+def _measure(backend):
+    """``(prompt_length, context_length)`` for a backend, or ``(None, None)`` when it cannot say."""
+    if hasattr(backend, "encode") and hasattr(backend, "context_length"):
+        return (lambda c: len(backend.encode(c))), backend.context_length
+    tokenizer = getattr(backend, "tokenizer", None)
+    llm = getattr(backend, "llm", None)
+    if tokenizer is None or llm is None:
+        return None, None
+    with contextlib.suppress(AttributeError):
+        context = int(llm.llm_engine.model_config.max_model_len)
+
+        def length(c):
+            if isinstance(c, str):
+                return len(tokenizer(c).input_ids)
+            text = tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+        return length, context
+    return None, None
+
+
+class DynamicBatcher:
+    def __init__(self, backend, *, max_batch_size: int = 16, max_wait_ms: float = 10.0, worker_init=None):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if max_wait_ms < 0:
+            raise ValueError("max_wait_ms must be >= 0")
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.reuse_prefix = getattr(backend, "name", "") == "transformers" and getattr(
+            backend, "prefix_reuse", False
+        )
+        self._length, self.context_length = _measure(backend)
+        # One worker thread: the model is not shared. ``worker_init`` runs in it first (thread settings
+        # such as torch's intra-op thread count are per thread under OpenMP).
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ptr-generate", initializer=worker_init)
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.largest_batch = 0
+
+    async def generate(
+        self, conversation: Conversation, params: SamplingParams, entry=None
+    ) -> tuple[Completion, object]:
+        """One generation; returns the completion and the conversation's cache for its next round."""
+        if self._task is None:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._collect_forever())
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(conversation, params, entry, future))
+        return await future
+
+    async def refine(
+        self, conversations: list[Conversation], rounds: int, params: SamplingParams, refine_prompt: str
+    ) -> list[list[Completion]]:
+        """Every round's completion per conversation. Round k+1 of a conversation is queued as soon as
+        its round k is done, so conversations (and requests) never wait for each other between rounds."""
+
+        async def one(i: int, conversation: Conversation) -> list[Completion]:
+            outs, entry = [], None
+            for k in range(1, rounds + 1):
+                try:
+                    completion, entry = await self.generate(conversation, params, entry)
+                except ValueError as err:
+                    raise RequestError(f"instances[{i}]: round {k}: {err}") from None
+                outs.append(completion)
+                if k < rounds:
+                    conversation = continue_conversation(conversation, completion.text, refine_prompt)
+            return outs
+
+        tasks = [asyncio.ensure_future(one(i, c)) for i, c in enumerate(conversations)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for t in tasks:  # one instance failed: drop the others' queued work
+                t.cancel()
+
+    async def _collect_forever(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch_size:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            groups: dict[SamplingParams, list[_Job]] = defaultdict(list)
+            for job in batch:
+                if not job.future.cancelled():  # its request went away while it waited
+                    groups[job.params].append(job)
+            for params, jobs in groups.items():
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, self._run, params, jobs)
+                except Exception as err:  # never let one batch stop the collector
+                    outcomes = [err] * len(jobs)
+                for job, outcome in zip(jobs, outcomes, strict=True):
+                    if job.future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        job.future.set_exception(outcome)
+                    else:
+                        job.future.set_result(outcome)
+            # Let the requests just answered queue their next round before the next batch is gathered,
+            # so a conversation's rounds stay in step with the batch it came in (one loop turn is enough).
+            await asyncio.sleep(0)
+
+    def _run(self, params: SamplingParams, jobs: list[_Job]) -> list:
+        """Runs in the worker thread: measure every prompt, then one generate for those that fit."""
+        outcomes: list = [None] * len(jobs)
+        ready = []
+        for i, job in enumerate(jobs):
+            try:
+                self._check_fits(job.conversation)
+                ready.append(i)
+            except Exception as err:  # e.g. a chat the template cannot render: this job's error only
+                outcomes[i] = err
+        if not ready:
+            return outcomes
+        kwargs = {}
+        store = None
+        if self.reuse_prefix:
+            from ptr.inference.hf import PrefixStore
+
+            store = PrefixStore(len(ready))
+            store.entries = [jobs[i].entry for i in ready]
+            kwargs["prefix_store"] = store
+        try:
+            completions = self.backend.generate([jobs[i].conversation for i in ready], params, **kwargs)
+        except Exception as err:  # every job of the failed call gets the error, the server goes on
+            for i in ready:
+                outcomes[i] = err
+            return outcomes
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(ready))
+        BATCH_SIZE.observe(len(ready))
+        GENERATIONS.inc(len(ready))
+        for slot, (i, completion) in enumerate(zip(ready, completions, strict=True)):
+            entry = store.entries[slot] if store is not None else None
+            if entry is not None and not entry.tokens:  # an unusable cache is dropped, never reused
+                entry = None
+            outcomes[i] = (completion, entry)
+        return outcomes
+
+    def _check_fits(self, conversation: Conversation) -> None:
+        if self._length is None:
+            return
+        n = self._length(conversation)
+        if n < 1:
+            raise ContextOverflow("the prompt encodes to no tokens")
+        if n + 1 > self.context_length:
+            raise ContextOverflow(
+                f"the prompt is {n} tokens; the model's context is {self.context_length} tokens, "
+                "which leaves no room for an answer"
+            )
+
+    async def close(self):
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)

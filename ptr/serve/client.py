@@ -1,0 +1,190 @@
+"""A model served by `ptr serve` (KServe V1 or V2), as a generation backend.
+
+``KServeBackend`` has the interface of the other backends (``name``, ``model_name``, ``generate``) and
+also ``refine``, which :func:`ptr.inference.refine` hands the whole job to: each conversation goes to the
+server in ONE request with ``parameters.rounds = R``, and the server runs the rounds itself.
+
+Why server-side rounds rather than one request per round:
+
+* the server keeps each conversation's attention cache between rounds (prefix reuse), so round k only
+  runs the new tokens; turn by turn, every round would re-send and re-encode the whole conversation;
+* one round trip per question instead of R, and the server's batcher mixes round 2 of one question
+  with round 1 of another, so the model never waits for the client between rounds;
+* the refine turn is built by the same code (``ptr.inference.continue_conversation``) that local
+  evaluation uses, with the refine prompt sent as a parameter, so served and local results agree.
+
+The cost: ``on_round`` callbacks arrive when a conversation's last round is back, not as each round
+finishes. Requests run with bounded concurrency, a timeout, and retries with backoff on connection
+errors, 429, 503 (model loading) and other 5xx; a 400 (a request the server will not run) fails at once
+with the server's reason. No kserve import: evaluation images need only httpx.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ptr.inference.openai_backend import EndpointError
+from ptr.inference.types import Completion, Conversation, SamplingParams
+from ptr.prompts import REFINE_PROMPT
+from ptr.serve.schema import completion_of
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+PROTOCOLS = ("v1", "v2")
+
+
+class KServeBackend:
+    name = "kserve"
+
+    def __init__(
+        self,
+        endpoint: str,
+        model_name: str | None = None,
+        *,
+        protocol: str = "v1",
+        timeout: float = 600.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        concurrency: int = 16,
+        instances_per_request: int = 1,
+        headers: dict | None = None,
+    ):
+        import httpx
+
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+        if concurrency < 1 or instances_per_request < 1:
+            raise ValueError("concurrency and instances_per_request must be >= 1")
+        self.endpoint = endpoint.rstrip("/")
+        self.protocol = protocol
+        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        self.concurrency, self.instances_per_request = concurrency, instances_per_request
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self.client = httpx.Client(timeout=timeout, headers=headers or {}, limits=limits)
+        self.model_name = model_name or self._first_model()
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        import httpx
+
+        url = self.endpoint + path
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = self.client.request(method, url, json=body)
+                if resp.status_code < 400:
+                    return resp.json()
+                if resp.status_code not in RETRY_STATUS or attempt == self.max_retries:
+                    raise EndpointError(f"{method} {url}: HTTP {resp.status_code}: {_reason(resp)}")
+            except (httpx.TransportError, httpx.TimeoutException) as err:
+                if attempt == self.max_retries:
+                    raise EndpointError(f"{method} {url}: {type(err).__name__}: {err}") from err
+            time.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _first_model(self) -> str:
+        models = self._request("GET", "/v1/models").get("models") or []
+        if not models:
+            raise EndpointError(f"{self.endpoint}/v1/models lists no model; pass a model name")
+        return models[0]
+
+    def _predict(self, conversations: list[Conversation], rounds: int, params, refine_prompt: str):
+        instances = [{"prompt": c} if isinstance(c, str) else {"messages": c} for c in conversations]
+        parameters = {
+            "rounds": rounds,
+            "max_new_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k,
+            "seed": params.seed,
+            "stop": list(params.stop),
+            "refine_prompt": refine_prompt,
+        }
+        request = {"instances": instances, "parameters": parameters}
+        if self.protocol == "v1":
+            data = self._request("POST", f"/v1/models/{self.model_name}:predict", request)
+        else:
+            v2 = {
+                "inputs": [
+                    {"name": "request", "datatype": "BYTES", "shape": [1], "data": [json.dumps(request)]}
+                ]
+            }
+            out = self._request("POST", f"/v2/models/{self.model_name}/infer", v2)
+            try:
+                (output,) = [o for o in out["outputs"] if o["name"] == "response"]
+                data = json.loads(output["data"][0])
+            except (KeyError, ValueError, IndexError) as err:
+                raise EndpointError(f"unexpected V2 response from {self.endpoint}: {err}") from None
+        preds = data.get("predictions")
+        if not isinstance(preds, list) or len(preds) != len(conversations):
+            raise EndpointError(
+                f"{self.endpoint} answered {len(preds or [])} predictions for {len(conversations)}"
+            )
+        results = [[completion_of(r) for r in p["rounds"]] for p in preds]
+        if any(len(r) != rounds for r in results):
+            raise EndpointError(f"{self.endpoint} answered fewer rounds than the {rounds} asked for")
+        return results
+
+    # -- the backend interface --------------------------------------------------------------------
+
+    def refine(
+        self,
+        conversations: list[Conversation],
+        rounds: int,
+        params: SamplingParams,
+        *,
+        refine_prompt: str = REFINE_PROMPT,
+        on_round=None,
+        progress=None,
+        **_,
+    ) -> list[list[Completion]]:
+        """Rounds 1..R per conversation, run server-side; ``on_round(k, indices, completions)`` is
+        called for each round of each request once it is back, ``progress(n)`` per generation."""
+        if rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        step = self.instances_per_request
+        chunks = [
+            list(range(i, min(i + step, len(conversations)))) for i in range(0, len(conversations), step)
+        ]
+        results: list[list[Completion] | None] = [None] * len(conversations)
+        lock = threading.Lock()
+
+        def run(indices: list[int]):
+            got = self._predict([conversations[i] for i in indices], rounds, params, refine_prompt)
+            with lock:  # callbacks are called one at a time, as from a single-threaded backend
+                for i, r in zip(indices, got, strict=True):
+                    results[i] = r
+                if on_round is not None:
+                    for k in range(rounds):
+                        on_round(k + 1, indices, [r[k] for r in got])
+                if progress is not None:
+                    progress(len(indices) * rounds)
+
+        if len(chunks) <= 1 or self.concurrency == 1:
+            for chunk in chunks:
+                run(chunk)
+        else:
+            with ThreadPoolExecutor(self.concurrency) as pool:
+                list(pool.map(run, chunks))
+        return results  # type: ignore[return-value]
+
+    def generate(
+        self, conversations: list[Conversation], params: SamplingParams, progress=None, **_
+    ) -> list[Completion]:
+        return [r[0] for r in self.refine(conversations, 1, params, progress=progress)]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _reason(resp) -> str:
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and "error" in body:
+            return str(body["error"])
+    except ValueError:
+        pass
+    return resp.text[:500]
