@@ -72,6 +72,11 @@ def render() -> dict[Path, str]:
     return files
 
 
+def same(committed: str, rendered: str) -> bool:
+    """Equal as YAML documents (the compiler's header comment lists defaults in no stable order)."""
+    return list(yaml.safe_load_all(committed)) == list(yaml.safe_load_all(rendered))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.examples", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     drifted = []
     for path, content in render().items():
         if args.check:
-            if not path.exists() or path.read_text() != content:
+            if not path.exists() or not same(path.read_text(), content):
                 drifted.append(path.relative_to(REPO))
             continue
         path.parent.mkdir(parents=True, exist_ok=True)

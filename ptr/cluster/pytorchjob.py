@@ -141,14 +141,14 @@ def submit(job: models.KubeflowOrgV1PyTorchJob, client) -> None:
     """Create the job; an existing job of the same name (a retried step) is replaced."""
     name, namespace = job.metadata.name, job.metadata.namespace
     try:
-        client.create_job(job=job, namespace=namespace, job_kind=JOB_KIND)
+        client.create_job(job=job, namespace=namespace)
     except RuntimeError as err:
         if "AlreadyExists" not in str(err) and "409" not in str(err):
             raise PtrError(f"cannot create PyTorchJob {namespace}/{name}: {err}") from None
         print(f"PyTorchJob {namespace}/{name} exists from an earlier attempt: replacing it", file=sys.stderr)
         client.delete_job(name=name, namespace=namespace, job_kind=JOB_KIND)
         _wait_deleted(client, name, namespace)
-        client.create_job(job=job, namespace=namespace, job_kind=JOB_KIND)
+        client.create_job(job=job, namespace=namespace)
 
 
 def _wait_deleted(client, name: str, namespace: str, timeout: float = 300, poll: float = 2) -> None:
