@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "manifests" / "examples"
 CLUSTER_EXAMPLE = REPO / "pipelines" / "configs" / "cluster-example.yaml"
 EXAMPLE_RUN_ID = "3f2a9c4e-5b1d-4e8f-9a7c-2d6e8b0f1a3c"  # the shape of a KFP run id
-HEADER = "# Rendered by `make manifests` (pipelines/examples.py) from pipelines/configs/cluster-example.yaml.\n"
+HEADER = (
+    "# Rendered by `make manifests` (pipelines/examples.py) from pipelines/configs/cluster-example.yaml.\n"
+)
 
 
 def _dump(obj: dict) -> str:
@@ -46,7 +48,9 @@ def inference_service_examples(config: PipelineConfig) -> dict[str, dict]:
     registration = {"name": config.run.model_name, "version": "1"}
     found = {}
     for runtime in ("custom", "huggingface"):
-        run = config.run.model_copy(update={"cluster": config.run.kube.model_copy(update={"serving_runtime": runtime})})
+        run = config.run.model_copy(
+            update={"cluster": config.run.kube.model_copy(update={"serving_runtime": runtime})}
+        )
         name = f"{config.run.model_name}-candidate"
         found[f"inferenceservice-{runtime}.yaml"] = steps.inference_service_for(
             run, name, plan["model"], EXAMPLE_RUN_ID, registration
@@ -63,7 +67,9 @@ def render() -> dict[Path, str]:
     try:
         import ptr.serve.manifests  # noqa: F401  (the serving issue's generator)
     except ImportError:
-        print("note: ptr.serve.manifests is not there yet: InferenceService examples skipped", file=sys.stderr)
+        print(
+            "note: ptr.serve.manifests is not there yet: InferenceService examples skipped", file=sys.stderr
+        )
     else:
         for name, obj in inference_service_examples(config).items():
             files[EXAMPLES / name] = _dump(obj)
@@ -78,7 +84,9 @@ def same(committed: str, rendered: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.examples", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.examples", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args(argv)
     drifted = []

@@ -44,13 +44,27 @@ ISVC = {
 
 
 def _ready(generation, url="http://ptr-candidate.ptr.svc.cluster.local"):
-    return {"observedGeneration": generation, "conditions": [{"type": "Ready", "status": "True"}], "address": {"url": url}}
+    return {
+        "observedGeneration": generation,
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "address": {"url": url},
+    }
 
 
 def test_creates_when_absent_and_waits_until_ready():
-    api = FakeApi(statuses=[{"conditions": [{"type": "PredictorReady", "status": "False", "reason": "Pulling"}]}, _ready(1)])
+    api = FakeApi(
+        statuses=[
+            {"conditions": [{"type": "PredictorReady", "status": "False", "reason": "Pulling"}]},
+            _ready(1),
+        ]
+    )
     result = inference.deploy(api, ISVC, timeout=30, poll=0)
-    assert result == {"name": "ptr-candidate", "namespace": "ptr", "url": "http://ptr-candidate.ptr.svc.cluster.local", "action": "created"}
+    assert result == {
+        "name": "ptr-candidate",
+        "namespace": "ptr",
+        "url": "http://ptr-candidate.ptr.svc.cluster.local",
+        "action": "created",
+    }
     assert ("create", "ptr-candidate") in api.calls
 
 
@@ -64,7 +78,11 @@ def test_updates_when_present_and_ignores_the_old_revisions_readiness():
 
 
 def test_timeout_names_the_failing_condition():
-    failing = {"conditions": [{"type": "PredictorReady", "status": "False", "reason": "RevisionFailed", "message": "OOMKilled"}]}
+    failing = {
+        "conditions": [
+            {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed", "message": "OOMKilled"}
+        ]
+    }
     api = FakeApi(statuses=[failing])
     with pytest.raises(PtrError, match="not ready within 0s: PredictorReady: RevisionFailed OOMKilled"):
         inference.deploy(api, ISVC, timeout=0, poll=0)

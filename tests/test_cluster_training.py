@@ -31,7 +31,13 @@ def _config(storage: Storage | None = None, gpus: int = 2):
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     )
     run = Run(runtime="kubernetes", cluster=cluster, seed=7)
-    train = Train(base_model="Qwen/Qwen2-0.5B", num_nodes=2, nproc_per_node=2, max_steps=50, deepspeed_config="zero2.json")
+    train = Train(
+        base_model="Qwen/Qwen2-0.5B",
+        num_nodes=2,
+        nproc_per_node=2,
+        max_steps=50,
+        deepspeed_config="zero2.json",
+    )
     return run, train
 
 
@@ -84,7 +90,10 @@ def test_s3_storage_stages_inputs_in_and_the_model_out():
     command = container["command"]
     own = command[: command.index("--")]
     root = f"s3://bucket/ptr/runs/{RUN_ID}"
-    assert f"{root}/shards=/tmp/ptr-work/shards" in own and f"{root}/deepspeed.json=/tmp/ptr-work/deepspeed.json" in own
+    assert (
+        f"{root}/shards=/tmp/ptr-work/shards" in own
+        and f"{root}/deepspeed.json=/tmp/ptr-work/deepspeed.json" in own
+    )
     assert own[own.index("--publish") + 1] == f"/tmp/ptr-work/output/ptr/final={root}/model"
     assert plan["model"] == f"{root}/model"
 
@@ -151,8 +160,16 @@ class FakeCustomObjects:
     def get_namespaced_custom_object(self, group, version, namespace, plural, name, **kw):
         if not self.exists:
             raise ApiException(status=404, reason="Not Found")
-        status = self.statuses.pop(0) if len(self.statuses) > 1 else (self.statuses[0] if self.statuses else {})
-        obj = {**(self.body or {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name}}), "status": status}
+        status = (
+            self.statuses.pop(0) if len(self.statuses) > 1 else (self.statuses[0] if self.statuses else {})
+        )
+        obj = {
+            **(
+                self.body
+                or {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name}}
+            ),
+            "status": status,
+        }
         return _Thread(obj) if kw.get("async_req") else obj
 
 
@@ -165,7 +182,13 @@ def _client(fake):
 
 
 def _cond(kind, reason="", message=""):
-    return {"type": kind, "status": "True", "reason": reason, "message": message, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
 
 
 def test_submit_sends_the_job_to_the_api():
@@ -190,7 +213,10 @@ def test_wait_reports_states_and_returns_on_success():
     fake = FakeCustomObjects(
         [
             {"conditions": [_cond("Created")]},
-            {"conditions": [_cond("Created"), _cond("Running")], "replicaStatuses": {"Master": {"active": 1}, "Worker": {"active": 1}}},
+            {
+                "conditions": [_cond("Created"), _cond("Running")],
+                "replicaStatuses": {"Master": {"active": 1}, "Worker": {"active": 1}},
+            },
             {"conditions": [_cond("Created"), _cond("Running"), _cond("Succeeded", "PyTorchJobSucceeded")]},
         ],
         exists=True,
@@ -198,14 +224,25 @@ def test_wait_reports_states_and_returns_on_success():
     lines = []
     state = pytorchjob.wait(_client(fake), "ptr-train-x", "ptr", timeout=60, poll=0, report=lines.append)
     assert state == "Succeeded"
-    assert [line.split(": ")[1].split(".")[0] for line in lines] == ["Created", "Running", "Succeeded (PyTorchJobSucceeded)"]
+    assert [line.split(": ")[1].split(".")[0] for line in lines] == [
+        "Created",
+        "Running",
+        "Succeeded (PyTorchJobSucceeded)",
+    ]
     assert "Master: 1 active" in lines[1]
 
 
 def test_wait_fails_with_the_jobs_reason():
-    failed = {"conditions": [_cond("Running"), _cond("Failed", "PyTorchJobFailed", "Worker-0 exited with code 137 (OOMKilled)")]}
+    failed = {
+        "conditions": [
+            _cond("Running"),
+            _cond("Failed", "PyTorchJobFailed", "Worker-0 exited with code 137 (OOMKilled)"),
+        ]
+    }
     fake = FakeCustomObjects([failed], exists=True)
-    with pytest.raises(PtrError, match=r"failed: PyTorchJobFailed: Worker-0 exited with code 137 \(OOMKilled\)"):
+    with pytest.raises(
+        PtrError, match=r"failed: PyTorchJobFailed: Worker-0 exited with code 137 \(OOMKilled\)"
+    ):
         pytorchjob.wait(_client(fake), "ptr-train-x", "ptr", timeout=60, poll=0, report=lambda _: None)
 
 
@@ -219,10 +256,27 @@ def test_wait_times_out_with_the_last_state():
 
 
 def test_job_entry_reads_the_operators_rendezvous():
-    env = {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": "4", "PET_MASTER_ADDR": "job-master-0", "PET_MASTER_PORT": "23456"}
+    env = {
+        "PET_NNODES": "2",
+        "PET_NODE_RANK": "1",
+        "PET_NPROC_PER_NODE": "4",
+        "PET_MASTER_ADDR": "job-master-0",
+        "PET_MASTER_PORT": "23456",
+    }
     command = job_entry.torchrun_command(["--max_steps", "3"], env)
     assert command[1:3] == ["-m", "torch.distributed.run"]
-    assert command[3:13] == ["--nnodes", "2", "--node_rank", "1", "--nproc_per_node", "4", "--master_addr", "job-master-0", "--master_port", "23456"]
+    assert command[3:13] == [
+        "--nnodes",
+        "2",
+        "--node_rank",
+        "1",
+        "--nproc_per_node",
+        "4",
+        "--master_addr",
+        "job-master-0",
+        "--master_port",
+        "23456",
+    ]
     assert command[-4:] == ["-m", "ptr.train", "--max_steps", "3"] and job_entry.node_rank(env) == 1
 
 

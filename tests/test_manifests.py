@@ -32,7 +32,12 @@ def test_every_object_validates(rendered):
         kinds.add(obj["kind"])
         if obj["kind"] == "ServingRuntime":
             # No ServingRuntime CRD in ../shared/crds: validate its containers as a Pod's would be.
-            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": obj["spec"]["containers"]}}
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "x"},
+                "spec": {"containers": obj["spec"]["containers"]},
+            }
             validate_core(pod)
             assert obj["apiVersion"] == "serving.kserve.io/v1alpha1"
             assert {"name": "ptr", "version": "1", "autoSelect": True} in obj["spec"]["supportedModelFormats"]
@@ -57,10 +62,19 @@ def test_rbac_allows_exactly_what_the_pipeline_uses(rendered):
     assert role["rules"] == [
         {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": verbs},
         {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": verbs},
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ptr-s3-credentials", "ptr-mlflow-credentials"], "verbs": ["get"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["ptr-s3-credentials", "ptr-mlflow-credentials"],
+            "verbs": ["get"],
+        },
     ]
     (binding,) = _by_kind(rendered, "RoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ptr-pipeline", "namespace": "ptr"}]
     assert not _by_kind(rendered, "ClusterRole") and not _by_kind(rendered, "ClusterRoleBinding")
 
@@ -101,15 +115,23 @@ def test_examples_validate(path: Path):
 
 
 def test_no_secret_value_in_any_committed_manifest_or_pipeline():
-    files = [*REPO.glob("manifests/**/*.yaml"), *REPO.glob("pipelines/compiled/*.yaml"), *REPO.glob("pipelines/configs/*.yaml")]
+    files = [
+        *REPO.glob("manifests/**/*.yaml"),
+        *REPO.glob("pipelines/compiled/*.yaml"),
+        *REPO.glob("pipelines/configs/*.yaml"),
+    ]
     assert files
-    pattern = re.compile(r"(AWS_SECRET_ACCESS_KEY|AWS_ACCESS_KEY_ID|password|token)\s*[:=]\s*['\"]?([^'\"\s{}\[\]]+)", re.I)
+    pattern = re.compile(
+        r"(AWS_SECRET_ACCESS_KEY|AWS_ACCESS_KEY_ID|password|token)\s*[:=]\s*['\"]?([^'\"\s{}\[\]]+)", re.I
+    )
     for path in files:
         for match in pattern.finditer(path.read_text()):
             # A key name mapped to itself (secret key → env var) names a secret, it holds no value; a
             # comment may show a placeholder ("...", "$VAR").
             value = match[2]
-            assert value in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "...") or value.startswith("$"), f"{path}: {match[0]}"
+            assert value in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "...") or value.startswith("$"), (
+                f"{path}: {match[0]}"
+            )
 
 
 def test_examples_and_compiled_pipeline_do_not_drift():
@@ -119,4 +141,6 @@ def test_examples_and_compiled_pipeline_do_not_drift():
     assert examples.EXAMPLES / "pytorchjob-2node.yaml" in rendered
     for path, content in rendered.items():
         assert path.exists(), f"{path} is missing: run `make manifests`"
-        assert examples.same(path.read_text(), content), f"{path.relative_to(REPO)} drifted from the code: run `make manifests`"
+        assert examples.same(path.read_text(), content), (
+            f"{path.relative_to(REPO)} drifted from the code: run `make manifests`"
+        )

@@ -43,9 +43,20 @@ def test_dag_is_the_ptr_order(tmp_path):
         assert before in graph[after] or (after == "evaluate" and "deploy" in graph[after]), (before, after)
     assert graph["evaluate-base"] == set() and "evaluate-base" in graph["evaluate"]
     assert graph["promote"] == {"register", "evaluate"}
-    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"run", "data", "train", "evaluate", "promote"}
-    assert all(p["parameterType"] == "STRUCT" for p in spec["root"]["inputDefinitions"]["parameters"].values())
-    assert spec["root"]["outputDefinitions"]["artifacts"]["Output"]["artifactType"]["schemaTitle"] == "system.Markdown"
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
+        "run",
+        "data",
+        "train",
+        "evaluate",
+        "promote",
+    }
+    assert all(
+        p["parameterType"] == "STRUCT" for p in spec["root"]["inputDefinitions"]["parameters"].values()
+    )
+    assert (
+        spec["root"]["outputDefinitions"]["artifacts"]["Output"]["artifactType"]["schemaTitle"]
+        == "system.Markdown"
+    )
 
 
 def test_components_are_thin_and_install_nothing(tmp_path):
@@ -67,7 +78,11 @@ def test_cluster_settings_reach_every_task(tmp_path):
     spec, platform = _compiled(tmp_path, config)
     executors = spec["deploymentSpec"]["executors"]
     images = {name: e["container"]["image"] for name, e in executors.items()}
-    assert images["exec-make-thoughts"] == images["exec-evaluate-base"] == "registry.example.com/ptr/ptr-gpu:0.1.0"
+    assert (
+        images["exec-make-thoughts"]
+        == images["exec-evaluate-base"]
+        == "registry.example.com/ptr/ptr-gpu:0.1.0"
+    )
     assert images["exec-train-model"] == "registry.example.com/ptr/ptr:0.1.0"
     gpu = executors["exec-make-thoughts"]["container"]["resources"]["accelerator"]
     assert gpu["resourceCount"] == "1"
@@ -101,11 +116,15 @@ def test_submission_compiles_with_the_config_and_prints_the_url():
     url = runner.submit(config, "https://kfp.example.com/", client=client, run_name="r")
     assert url == "https://kfp.example.com/#/runs/details/run-123"
     (call,) = client.calls
-    assert call["arguments"]["train"]["max_steps"] == 9 and call["arguments"]["run"]["runtime"] == "kubernetes"
+    assert (
+        call["arguments"]["train"]["max_steps"] == 9 and call["arguments"]["run"]["runtime"] == "kubernetes"
+    )
     assert call["service_account"] == "ptr-pipeline" and call["experiment_name"] == "ptr"
     assert call["package"]["pipelineInfo"]["name"] == "ptr"
 
 
 def test_submission_refuses_a_local_config():
     with pytest.raises(PtrError, match="run.runtime: kubernetes"):
-        runner.submit(load_config(REPO / "pipelines/configs/local.yaml"), "http://kfp", client=FakeKfpClient())
+        runner.submit(
+            load_config(REPO / "pipelines/configs/local.yaml"), "http://kfp", client=FakeKfpClient()
+        )

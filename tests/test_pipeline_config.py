@@ -30,19 +30,38 @@ def test_shipped_configs_load_and_round_trip_as_parameters(path):
 def test_local_config_is_the_embedded_smollm2_run():
     config = load_config(REPO / "pipelines/configs/local.yaml")
     assert config.run.runtime == "local"
-    assert config.data.weak_models == [config.data.strong_model] == [config.train.base_model] == ["smollm2-135m-instruct"]
+    assert (
+        config.data.weak_models
+        == [config.data.strong_model]
+        == [config.train.base_model]
+        == ["smollm2-135m-instruct"]
+    )
     assert config.data.queries_input == "builtin" and "arith" in config.evaluate.tasks
 
 
 def test_paper_config_holds_the_papers_settings():
     config = load_config(REPO / "pipelines/configs/paper-qwen2-7b.yaml")
     ds = config.train.deepspeed_config
-    assert config.train.base_model == "Qwen/Qwen2-7B" and config.evaluate.rounds == 3 and config.train.max_length == 4096
+    assert (
+        config.train.base_model == "Qwen/Qwen2-7B"
+        and config.evaluate.rounds == 3
+        and config.train.max_length == 4096
+    )
     assert len(config.evaluate.tasks) == 10
-    assert ds["bf16"]["enabled"] and ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["lr"] == 7e-5
-    assert ds["zero_optimization"]["stage"] == 1 and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert (
+        ds["bf16"]["enabled"]
+        and ds["optimizer"]["type"] == "AdamW"
+        and ds["optimizer"]["params"]["lr"] == 7e-5
+    )
+    assert (
+        ds["zero_optimization"]["stage"] == 1
+        and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    )
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (1, 10)
-    assert ds["scheduler"]["params"]["warmup_num_steps"] == 800 and ds["scheduler"]["params"]["warmup_min_lr"] == 1e-5
+    assert (
+        ds["scheduler"]["params"]["warmup_num_steps"] == 800
+        and ds["scheduler"]["params"]["warmup_min_lr"] == 1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,7 +71,10 @@ def test_paper_config_holds_the_papers_settings():
         ({"train": {"max_step": 3}}, "train.max_step: Extra inputs are not permitted"),
         ({"run": {"runtime": "kubernetes"}}, "run.cluster is missing"),
         ({"evaluate": {"rounds": 0}}, "evaluate.rounds: Input should be greater than or equal to 1"),
-        ({"run": {"runtime": "kubernetes", "cluster": {"storage": {"pvc": "a", "s3_uri": "s3://b"}}}}, "exactly one of pvc or s3_uri"),
+        (
+            {"run": {"runtime": "kubernetes", "cluster": {"storage": {"pvc": "a", "s3_uri": "s3://b"}}}},
+            "exactly one of pvc or s3_uri",
+        ),
     ],
 )
 def test_mistakes_name_the_field(tmp_path, overrides, message):

@@ -10,7 +10,9 @@ from ptr.pipeline.report import comparison_table, read_metrics
 def _metrics(folder, task, scores, n=5):
     folder.mkdir(parents=True, exist_ok=True)
     rounds = [{"round": i + 1, "score": s, "lo": s - 0.1, "hi": s + 0.1} for i, s in enumerate(scores)]
-    (folder / f"{task}.metrics.json").write_text(json.dumps({"task": task, "n": n, "rounds": rounds, "deltas": []}))
+    (folder / f"{task}.metrics.json").write_text(
+        json.dumps({"task": task, "n": n, "rounds": rounds, "deltas": []})
+    )
 
 
 def test_side_by_side_table(tmp_path):

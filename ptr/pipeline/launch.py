@@ -12,7 +12,7 @@ from ptr.errors import PtrError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def torchrun_command(train_args: list[str], nproc: int) -> list[str]:
+def torchrun_command(train_args: list[str], nproc: int, module: str = "ptr.train") -> list[str]:
     """``--standalone`` picks a free rendezvous port on 127.0.0.1, so parallel runs do not collide."""
     return [
         sys.executable,
@@ -24,7 +24,7 @@ def torchrun_command(train_args: list[str], nproc: int) -> list[str]:
         "--nproc_per_node",
         str(nproc),
         "-m",
-        "ptr.train",
+        module,
         *map(str, train_args),
     ]
 
@@ -44,11 +44,11 @@ def local_env(nproc: int) -> dict[str, str]:
     return env
 
 
-def run_local(train_args: list[str], nproc: int) -> None:
+def run_local(train_args: list[str], nproc: int, module: str = "ptr.train") -> None:
     """Run the trainer under torchrun; raise with the exit status when any rank fails."""
     if nproc < 1:
         raise PtrError(f"nproc_per_node must be ≥ 1, got {nproc}")
-    command = torchrun_command(train_args, nproc)
+    command = torchrun_command(train_args, nproc, module)
     print("running:", " ".join(command), file=sys.stderr, flush=True)
     code = subprocess.call(command, env=local_env(nproc))
     if code != 0:
