@@ -314,7 +314,7 @@ def deploy(run: dict, model_dir: str, registration_dir: str, out_dir: str, run_i
     registration = json.loads((Path(registration_dir) / "registration.json").read_text())
     out = Path(out_dir)
     if run.runtime == "local":
-        record = {"mode": "local", **local_serve.start(model, run.model_name, out)}
+        record = {"mode": "local", "model_type": "kserve", **local_serve.start(model, run.model_name, out)}
     else:
         from ptr.cluster import inference
         from ptr.cluster.names import resource_name
@@ -323,7 +323,14 @@ def deploy(run: dict, model_dir: str, registration_dir: str, out_dir: str, run_i
             run, resource_name(f"{run.model_name}-candidate", run_id), model, run_id, registration
         )
         result = inference.deploy(inference.custom_api(), isvc, timeout=run.kube.ready_timeout_s)
-        record = {"mode": "kubernetes", "model_name": isvc["metadata"]["name"], **result}
+        record = {
+            "mode": "kubernetes",
+            "model_name": isvc["metadata"]["name"],
+            "model_type": "kserve",
+            **result,
+        }
+        if run.kube.serving_runtime == "huggingface":  # KServe's vLLM runtime speaks the OpenAI protocol
+            record.update(model_type="openai", url=f"{result['url'].rstrip('/')}/openai/v1")
     _write_json(out / "endpoint.json", record)
     return record
 
