@@ -427,7 +427,8 @@ def evaluate_base(run: dict, evaluate: dict, base_model: str, out_dir: str, run_
 def evaluate(
     run: dict, evaluate: dict, endpoint_dir: str, base_dir: str, out_dir: str, run_id: str
 ) -> tuple[dict, str]:
-    """The candidate through its endpoint (``--model_type kserve``); then the local server stops.
+    """The candidate through its endpoint (``kserve``, or ``openai`` for KServe's vLLM runtime); then
+    the local server stops.
     Returns the metrics per task and the Markdown report with the base-vs-trained table."""
     run, evaluate = section("run", run), section("evaluate", evaluate)
     set_context(run, run_id)
@@ -435,14 +436,8 @@ def evaluate(
     endpoint = json.loads((Path(endpoint_dir) / "endpoint.json").read_text())
     try:
         argv, skipped = _eval_argv(evaluate, out, "trained", run.seed)
-        model = [
-            "--model_path",
-            endpoint["model_name"],
-            "--model_type",
-            "kserve",
-            "--endpoint",
-            endpoint["url"],
-        ]
+        model = ["--model_path", endpoint["model_name"], "--model_type", endpoint["model_type"]]
+        model += ["--endpoint", endpoint["url"]]
         call_stage("ptr.evaluate.cli:main", [*model, *argv])
     finally:
         if endpoint.get("mode") == "local":
