@@ -331,6 +331,8 @@ def deploy(run: dict, model_dir: str, registration_dir: str, out_dir: str, run_i
         }
         if run.kube.serving_runtime == "huggingface":  # KServe's vLLM runtime speaks the OpenAI protocol
             record.update(model_type="openai", url=f"{result['url'].rstrip('/')}/openai/v1")
+    # Which registered version answers here: evaluation tags its run with it, promotion reads that.
+    record["model_version"] = f"{registration['name']}/{registration['version']}"
     _write_json(out / "endpoint.json", record)
     return record
 
@@ -434,6 +436,7 @@ def evaluate(
     set_context(run, run_id)
     out = Path(out_dir)
     endpoint = json.loads((Path(endpoint_dir) / "endpoint.json").read_text())
+    os.environ["PTR_MODEL_VERSION"] = endpoint["model_version"]
     try:
         argv, skipped = _eval_argv(evaluate, out, "trained", run.seed)
         model = ["--model_path", endpoint["model_name"], "--model_type", endpoint["model_type"]]
