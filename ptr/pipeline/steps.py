@@ -299,8 +299,14 @@ def register(run: dict, model_dir: str, out_dir: str, run_id: str) -> dict:
     run = section("run", run)
     set_context(run, run_id)
     model = model_location(model_dir)
-    version = registry.register_model(model, run.model_name, run_id=run_id, tags={"ptr.model_uri": model})
-    record = {"name": run.model_name, "version": str(version), "model": model, "run_id": run_id}
+    info = registry.register_model(model, run.model_name, ptr_run_id=run_id)
+    record = {
+        "name": info["name"],
+        "version": str(info["version"]),
+        "uri": info["uri"],
+        "model": model,
+        "run_id": run_id,
+    }
     _write_json(Path(out_dir) / "registration.json", record)
     return record
 
