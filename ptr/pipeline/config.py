@@ -157,6 +157,7 @@ class Evaluate(Section):
     tasks: list[str] = ["arith", "gsm8k", "mmlu"]
     rounds: int = Field(2, ge=1)
     limit: int = Field(5, ge=0)  # questions per task; 0 = all
+    num_fewshots: int | None = Field(None, ge=0)  # None: each task's own default
     max_new_tokens: int = Field(256, gt=0)
     data_dir: str | None = None
     # Tasks whose data is not found under data_dir are skipped (with a note) instead of failing.

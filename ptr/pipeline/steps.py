@@ -401,7 +401,10 @@ def available_tasks(evaluate: Evaluate) -> tuple[list[str], dict[str, str], str 
 
 def _eval_argv(evaluate: Evaluate, out: Path, save_name: str, seed: int) -> tuple[list[str], dict[str, str]]:
     tasks, skipped, data_dir = available_tasks(evaluate)
-    config = {task: {"limit": evaluate.limit} for task in tasks}
+    per_task = {"limit": evaluate.limit}
+    if evaluate.num_fewshots is not None:
+        per_task["num_fewshots"] = evaluate.num_fewshots
+    config = {task: dict(per_task) for task in tasks}
     _write_json(out / "tasks.config.json", config)
     options = {
         "tasks": tasks,
