@@ -138,6 +138,8 @@ class Train(Section):
     loss_weights: tuple[float, float, float] = (0.8, 0.1, 0.1)
     # A config shipped in ptr/train/configs/ (by file name) or a DeepSpeed config inline.
     deepspeed_config: str | dict[str, Any] | None = None
+    # Merged over that config key by key (nested mappings merged too): small changes without a copy.
+    deepspeed_overrides: dict[str, Any] = {}
     use_lora: bool = False
     num_nodes: int = Field(1, ge=1)
     nproc_per_node: int = Field(1, ge=1)

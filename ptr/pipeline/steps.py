@@ -138,18 +138,33 @@ def encode(run: dict, train: dict, thoughts_dir: str, out_dir: str, run_id: str)
     return _summary(out / "ptr" / "summary.json")
 
 
+def _merge(base: dict, changes: dict) -> dict:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = (
+            _merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
+    return merged
+
+
 def deepspeed_config(train: Train) -> dict | None:
-    """The DeepSpeed config to train with: inline, or a file shipped in ptr/train/configs/."""
+    """The DeepSpeed config to train with: inline, or a file shipped in ptr/train/configs/ (the
+    trainer's default when neither is given), with ``deepspeed_overrides`` merged over it."""
     spec = train.deepspeed_config
-    if spec is None or isinstance(spec, dict):
-        return spec
+    if spec is None and not train.deepspeed_overrides:
+        return None
+    if isinstance(spec, dict):
+        return _merge(spec, train.deepspeed_overrides)
     from importlib import resources
 
-    shipped = resources.files("ptr.train") / "configs" / spec
+    configs = resources.files("ptr.train") / "configs"
+    shipped = configs / (spec or "default.json")
     if not shipped.is_file():
-        names = sorted(p.name for p in (resources.files("ptr.train") / "configs").iterdir())
+        names = sorted(p.name for p in configs.iterdir() if p.name.endswith(".json"))
         raise PtrError(f"train.deepspeed_config: no shipped config {spec!r} (shipped: {', '.join(names)})")
-    return json.loads(shipped.read_text())
+    return _merge(json.loads(shipped.read_text()), train.deepspeed_overrides)
 
 
 def train_args(train: Train, *, data_path, output_path, ds_config_path, seed: int) -> list[str]:
