@@ -23,9 +23,16 @@ TINY = {
         "strong_model": "tiny-random",
         "num_thoughts": 2,
         "max_new_tokens": 16,
-        "thoughts_options": {},
+        # tiny-random writes noise: keep every chain so that there is something to train on
+        "thoughts_options": {"allow_truncated": True, "min_consistency": -1.0, "min_improvement": -1.0},
     },
-    "train": {"base_model": "tiny-random", "max_length": 256, "max_steps": 2, "nproc_per_node": 2},
+    "train": {
+        "base_model": "tiny-random",
+        "max_length": 256,
+        "max_steps": 2,
+        "nproc_per_node": 2,
+        "deepspeed_overrides": {"train_micro_batch_size_per_gpu": 1},
+    },
     "evaluate": {"tasks": ["arith"], "rounds": 2, "limit": 3, "max_new_tokens": 16},
     "promote": {"primary": "arith.round2"},
 }
@@ -59,7 +66,13 @@ def test_every_step_produced_its_artifact(finished):
     result, _ = finished
     run_dir = Path(result["run_dir"])
     assert (next(run_dir.glob("make-queries/queries")) / "queries.jsonl").stat().st_size > 0
-    thoughts = [json.loads(line) for line in next(run_dir.glob("make-thoughts/thoughts")).joinpath("thoughts.jsonl").read_text().splitlines()]
+    thoughts = [
+        json.loads(line)
+        for line in next(run_dir.glob("make-thoughts/thoughts"))
+        .joinpath("thoughts.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     assert len(thoughts) == 4 and all(len(t["thoughts"]) == 2 for t in thoughts)
     assert (next(run_dir.glob("encode-thoughts/shards")) / "ptr" / "meta.json").exists()
     location = json.loads(next(run_dir.glob("train-model/model")).joinpath("location.json").read_text())
@@ -81,7 +94,9 @@ def test_report_puts_base_and_trained_side_by_side(finished):
 
 def test_local_server_was_stopped(finished):
     result, _ = finished
-    endpoint = json.loads(next(Path(result["run_dir"]).glob("deploy-model/endpoint/endpoint.json")).read_text())
+    endpoint = json.loads(
+        next(Path(result["run_dir"]).glob("deploy-model/endpoint/endpoint.json")).read_text()
+    )
     assert endpoint["mode"] == "local" and endpoint["url"].startswith("http://127.0.0.1:")
     assert not _alive(endpoint["pid"])
 
@@ -95,7 +110,12 @@ def test_mlflow_correlates_the_run(finished):
     experiment = client.get_experiment_by_name("ptr-test")
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`ptr.run_id` = '{run_id}'")
     stages = {r.data.tags.get("ptr.stage") for r in runs}
-    assert {"train", "eval"} <= stages, stages
+    assert {"pipeline", "thoughts", "encode", "train", "register", "eval", "promote"} <= stages, stages
+    (parent,) = [r for r in runs if r.data.tags.get("ptr.stage") == "pipeline"]
+    children = [r for r in runs if r.info.run_id != parent.info.run_id]
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in children)
+    evals = [r for r in children if r.data.tags.get("ptr.stage") == "eval"]
+    assert len(evals) == 2 and all("eval.arith.round2" in r.data.metrics for r in evals)
     version = client.get_model_version("ptr-tiny", "1")
     assert version.tags.get("ptr.run_id") == run_id
     assert client.get_model_version_by_alias("ptr-tiny", "champion").version == "1"
