@@ -14,6 +14,17 @@ import pytest
 from pipelines import run as runner
 from ptr.pipeline.config import load_config
 
+STAGES = (
+    "ptr.data.thoughts",
+    "ptr.encode.cli",
+    "ptr.train.cli",
+    "ptr.evaluate.cli",
+    "ptr.serve.cli",
+    "ptr.tracking.cli",
+)
+for _stage in STAGES:  # the pipeline wires the stages together: it runs once all of them exist
+    pytest.importorskip(_stage, reason=f"stage module {_stage} is not on this branch yet")
+
 TINY = {
     "run": {"runtime": "local", "experiment": "ptr-test", "model_name": "ptr-tiny", "seed": 0},
     "data": {
