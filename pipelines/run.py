@@ -77,13 +77,11 @@ def submit(config: PipelineConfig, host: str, *, client=None, run_name: str | No
 
 
 def local_tracking_uri() -> str:
-    """The MLflow store of local runs: the one configured, else sqlite under .ptr/ (absolute, so
-    every step's process uses the same store whatever its working directory)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    store = REPO / ".ptr" / "mlflow"
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}"
+    """The MLflow store of local runs: the one configured (e.g. ``make stack-up``'s server), else the
+    local sqlite store of ptr.tracking, named absolutely so every step's process uses the same one."""
+    from ptr.tracking import local_store_uri
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri()
 
 
 def run_local(config: PipelineConfig, *, pipeline_root: Path | None = None) -> dict:
