@@ -47,7 +47,7 @@ def inference_service_examples(config: PipelineConfig) -> dict[str, dict]:
     plan = steps.cluster_training_plan(config.run, config.train, EXAMPLE_RUN_ID, with_ds_config=False)
     registration = {"name": config.run.model_name, "version": "1"}
     found = {}
-    for runtime in ("custom", "huggingface"):
+    for runtime in ("ptr", "huggingface"):
         run = config.run.model_copy(
             update={"cluster": config.run.kube.model_copy(update={"serving_runtime": runtime})}
         )

@@ -103,7 +103,8 @@ def test_gpu_overlay_serves_with_vllm_on_a_gpu():
     container = runtime["spec"]["containers"][0]
     assert container["image"].startswith("ptr-gpu:") and "--backend=vllm" in container["args"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["command"] == ["python", "-m", "ptr", "serve"]  # the patch kept the base container
+    assert container["command"] == ["ptr"] and container["args"][0] == "serve"  # the patch kept the base
+    assert "--backend=transformers" not in container["args"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

@@ -87,7 +87,8 @@ class Cluster(Section):
     # Steps that generate text themselves (thoughts, the base model's evaluation) run on the GPU image.
     generate_resources: Resources = Resources(cpu="8", memory="64Gi", gpus=1)
     step_resources: Resources = Resources(cpu="2", memory="8Gi")
-    serving_runtime: Literal["custom", "huggingface"] = "custom"
+    # ptr: the custom predictor (ptr serve); huggingface: KServe's Hugging Face runtime with vLLM.
+    serving_runtime: Literal["ptr", "huggingface"] = "ptr"
     production_service: str = "ptr-production"
     job_timeout_s: int = Field(6 * 3600, gt=0)
     ready_timeout_s: int = Field(1800, gt=0)

@@ -346,7 +346,7 @@ def deploy(run: dict, model_dir: str, registration_dir: str, out_dir: str, run_i
         result = inference.deploy(inference.custom_api(), isvc, timeout=run.kube.ready_timeout_s)
         record = {
             "mode": "kubernetes",
-            "model_name": isvc["metadata"]["name"],
+            "model_name": run.model_name,
             "model_type": "kserve",
             **result,
         }
@@ -365,6 +365,7 @@ def inference_service_for(run: Run, name: str, model: str, run_id: str, registra
     from ptr.serve.manifests import inference_service
 
     cluster = run.kube
+    resources = cluster.serve_resources
     storage_uri = (
         model if model.startswith("s3://") else f"pvc://{cluster.storage.pvc}/{_under_mount(run, model)}"
     )
@@ -377,12 +378,13 @@ def inference_service_for(run: Run, name: str, model: str, run_id: str, registra
         name,
         storage_uri,
         runtime=cluster.serving_runtime,
+        model_name=run.model_name,
+        image=cluster.gpu_image if resources.gpus else cluster.image,
+        resources={"cpu": resources.cpu, "memory": resources.memory},
+        gpus=resources.gpus,
         namespace=cluster.namespace,
         service_account=cluster.service_account,
         labels=labels,
-        cpu=cluster.serve_resources.cpu,
-        memory=cluster.serve_resources.memory,
-        gpus=cluster.serve_resources.gpus,
     )
 
 
