@@ -42,6 +42,7 @@ def pytorchjob_example(config: PipelineConfig) -> dict:
 def inference_service_examples(config: PipelineConfig) -> dict[str, dict]:
     """The candidate's InferenceService in both serving variants: the custom predictor (ptr serve) and
     KServe's Hugging Face runtime with vLLM."""
+    from ptr.cluster.names import resource_name
     from ptr.pipeline import steps
 
     plan = steps.cluster_training_plan(config.run, config.train, EXAMPLE_RUN_ID, with_ds_config=False)
@@ -51,7 +52,7 @@ def inference_service_examples(config: PipelineConfig) -> dict[str, dict]:
         run = config.run.model_copy(
             update={"cluster": config.run.kube.model_copy(update={"serving_runtime": runtime})}
         )
-        name = f"{config.run.model_name}-candidate"
+        name = resource_name(f"{config.run.model_name}-candidate", EXAMPLE_RUN_ID)
         found[f"inferenceservice-{runtime}.yaml"] = steps.inference_service_for(
             run, name, plan["model"], EXAMPLE_RUN_ID, registration
         )
