@@ -129,4 +129,4 @@ def test_mlflow_correlates_the_run(finished):
     assert len(evals) == 2 and all("eval.arith.round2" in r.data.metrics for r in evals)
     version = client.get_model_version("ptr-tiny", "1")
     assert version.tags.get("ptr.run_id") == run_id
-    assert client.get_model_version_by_alias("ptr-tiny", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("ptr-tiny", "champion").version) == "1"
