@@ -208,8 +208,18 @@ def part_train(work: Path) -> dict:
     steps = [m for m in metrics if "loss" in m]
     losses = [float(m["loss"]) for m in steps]
     finite = bool(losses) and all(loss == loss and abs(loss) < 1e4 for loss in losses)
+    # The trainer refuses flash_attention_2 where it cannot run, so finishing means it ran; the resolved
+    # DeepSpeed config it records says ZeRO-2 and bf16 were what trained.
+    ran = json.loads((work / "out" / "gpu" / "config.json").read_text())
+    zero, bf16 = (
+        ran["deepspeed"]["zero_optimization"]["stage"],
+        ran["deepspeed"].get("bf16", {}).get("enabled"),
+    )
     return {
-        "ok": finite and len(steps) >= 4,
+        "ok": finite and len(steps) >= 4 and zero == 2 and bf16 is True and meta["packing"]["merge_data"],
+        "zero_stage": zero,
+        "bf16": bf16,
+        "attn_implementation": ran["train"].get("attn_implementation"),
         "packing": meta.get("packing"),
         "steps": len(steps),
         "losses": [round(x, 4) for x in losses],
