@@ -45,7 +45,8 @@ def call_stage(target: str, argv: list[str]) -> int:
     """Run a stage's ``main(argv)`` in this process; a failure becomes a PtrError naming the stage."""
     module, func = target.split(":")
     argv = [str(a) for a in argv]
-    print(f"ptr {target.split('.')[-1].split(':')[0]} {' '.join(argv)}", file=sys.stderr, flush=True)
+    command = target.split(":")[0].removeprefix("ptr.").removesuffix(".cli").removeprefix("data.")
+    print(f"ptr {command} {' '.join(argv)}", file=sys.stderr, flush=True)
     code = int(getattr(importlib.import_module(module), func)(argv) or 0)
     if code not in (0,):
         raise PtrError(f"{target} exited with status {code}")
