@@ -7,17 +7,12 @@ bounded concurrency, a timeout, and retries with exponential backoff on connecti
 from __future__ import annotations
 
 import os
-import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ptr.inference.http import EndpointError, JsonClient
 from ptr.inference.types import Completion, Conversation, SamplingParams
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-
-class EndpointError(RuntimeError):
-    pass
+__all__ = ["EndpointError", "OpenAIBackend"]
 
 
 class OpenAIBackend:
@@ -34,14 +29,18 @@ class OpenAIBackend:
         backoff: float = 0.5,
         concurrency: int = 8,
     ):
-        import httpx
-
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
-        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.concurrency = max(1, concurrency)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self.client = httpx.Client(timeout=timeout, headers=headers)
+        self.http = JsonClient(
+            self.base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            headers=headers,
+            connections=self.concurrency,
+        )
         self.model_name = model_name or self._first_model()
 
     def _first_model(self) -> str:
@@ -52,21 +51,7 @@ class OpenAIBackend:
         return models[0]["id"]
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        import httpx
-
-        url = self.base_url + path
-        for attempt in range(self.max_retries + 1):
-            try:
-                resp = self.client.request(method, url, json=body)
-                if resp.status_code < 400:
-                    return resp.json()
-                if resp.status_code not in RETRY_STATUS or attempt == self.max_retries:
-                    raise EndpointError(f"{method} {url}: HTTP {resp.status_code}: {resp.text[:500]}")
-            except (httpx.TransportError, httpx.TimeoutException) as err:
-                if attempt == self.max_retries:
-                    raise EndpointError(f"{method} {url}: {type(err).__name__}: {err}") from err
-            time.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+        return self.http.request(method, path, body)
 
     def _one(self, conversation: Conversation, params: SamplingParams) -> Completion:
         body = {

@@ -22,17 +22,14 @@ with the server's reason. No kserve import: evaluation images need only httpx.
 from __future__ import annotations
 
 import json
-import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ptr.inference.openai_backend import EndpointError
+from ptr.inference.http import EndpointError, JsonClient
 from ptr.inference.types import Completion, Conversation, SamplingParams
 from ptr.prompts import REFINE_PROMPT
 from ptr.serve.schema import completion_of
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 PROTOCOLS = ("v1", "v2")
 
 
@@ -52,38 +49,27 @@ class KServeBackend:
         instances_per_request: int = 1,
         headers: dict | None = None,
     ):
-        import httpx
-
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
         if concurrency < 1 or instances_per_request < 1:
             raise ValueError("concurrency and instances_per_request must be >= 1")
         self.endpoint = endpoint.rstrip("/")
         self.protocol = protocol
-        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.concurrency, self.instances_per_request = concurrency, instances_per_request
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self.client = httpx.Client(timeout=timeout, headers=headers or {}, limits=limits)
+        self.http = JsonClient(
+            self.endpoint,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            headers=headers,
+            connections=concurrency,
+        )
         self.model_name = model_name or self._first_model()
 
     # -- HTTP -------------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        import httpx
-
-        url = self.endpoint + path
-        for attempt in range(self.max_retries + 1):
-            try:
-                resp = self.client.request(method, url, json=body)
-                if resp.status_code < 400:
-                    return resp.json()
-                if resp.status_code not in RETRY_STATUS or attempt == self.max_retries:
-                    raise EndpointError(f"{method} {url}: HTTP {resp.status_code}: {_reason(resp)}")
-            except (httpx.TransportError, httpx.TimeoutException) as err:
-                if attempt == self.max_retries:
-                    raise EndpointError(f"{method} {url}: {type(err).__name__}: {err}") from err
-            time.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+        return self.http.request(method, path, body)
 
     def _first_model(self) -> str:
         models = self._request("GET", "/v1/models").get("models") or []
@@ -177,14 +163,4 @@ class KServeBackend:
         return [r[0] for r in self.refine(conversations, 1, params, progress=progress)]
 
     def close(self) -> None:
-        self.client.close()
-
-
-def _reason(resp) -> str:
-    try:
-        body = resp.json()
-        if isinstance(body, dict) and "error" in body:
-            return str(body["error"])
-    except ValueError:
-        pass
-    return resp.text[:500]
+        self.http.close()
