@@ -62,3 +62,30 @@ def data_dir() -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip("PTR_DATA_DIR is not set to a folder laid out like ../shared/data")
     return Path(value)
+
+
+@pytest.fixture(scope="session")
+def s3_stack(tmp_path_factory):
+    """One real S3 store (SeaweedFS on 127.0.0.1) for the whole session, started on first use and
+    stopped by pid at the end; ``s3_store`` puts its endpoint and credentials into a test's environment."""
+    from ptr.tracking.stack import Stack
+
+    stack = Stack(tmp_path_factory.mktemp("s3-stack"))
+    env = stack.up(services=("weed",))
+    try:
+        yield stack, env
+    finally:
+        stack.down()
+    assert not stack.running()
+
+
+@pytest.fixture()
+def s3_store(s3_stack, monkeypatch):
+    stack, env = s3_stack
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")  # only the store's own credentials
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("PTR_TRACKING", "off")  # storage only: these tests track nothing
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return stack

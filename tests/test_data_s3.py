@@ -5,29 +5,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from ptr import storage
 from ptr.data.models import ModelPool, parse_spec
 from ptr.data.queries import QueriesConfig, run_queries
 from ptr.data.thoughts import ThoughtsConfig, run_thoughts
-from ptr.tracking.stack import Stack
 from tests.support.torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
-
-
-@pytest.fixture(scope="module")
-def s3_store(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("s3-stack"))
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in stack.up(services=("weed",)).items():
-            mp.setenv(key, value)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        mp.setenv("AWS_CONFIG_FILE", "/nonexistent")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # storage only: the stages track nothing here
-        try:
-            yield stack
-        finally:
-            stack.down()
 
 
 def _remote_lines(uri: str, tmp_path) -> list[dict]:

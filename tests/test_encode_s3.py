@@ -5,27 +5,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from ptr import storage
 from ptr.encode import ShardDataset
 from ptr.encode.encoder import config, encode
-from ptr.tracking.stack import Stack
-
-
-@pytest.fixture(scope="module")
-def s3_store(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("s3-stack"))
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in stack.up(services=("weed",)).items():
-            mp.setenv(key, value)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        mp.setenv("AWS_CONFIG_FILE", "/nonexistent")
-        mp.setenv("PTR_TRACKING", "off")
-        try:
-            yield stack
-        finally:
-            stack.down()
 
 
 def test_encode_from_and_to_s3(s3_store, tmp_path):

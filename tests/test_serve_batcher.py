@@ -124,26 +124,18 @@ def test_model_loads_pvc_reference_and_predicts(tmp_path, tiny_path, monkeypatch
         missing.load()
 
 
-def test_model_loads_s3_reference_from_real_store(tmp_path, tiny_path, monkeypatch):
-    """s3:// through ptr.storage against SeaweedFS on 127.0.0.1, started and stopped by pid."""
+def test_model_loads_s3_reference_from_real_store(s3_store, tmp_path, tiny_path, monkeypatch):
+    """s3:// through ptr.storage against SeaweedFS on 127.0.0.1 (the session's store)."""
     from ptr import storage
     from ptr.serve.model import RefiningModel
-    from ptr.tracking.stack import Stack
 
-    stack = Stack(tmp_path / "stack")
-    try:
-        for key, value in stack.up(services=("weed",)).items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.setenv("PTR_CACHE", str(tmp_path / "cache"))
-        storage.publish(tiny_path, "s3://ptr/models/tiny")
-        model = RefiningModel("ptr", "s3://ptr/models/tiny", backend_options={"dtype": "float32"})
-        assert model.load()
-        body = {
-            "instances": [{"prompt": "Question: 1+1?\nAnswer:"}],
-            "parameters": {"rounds": 2, "max_new_tokens": 3},
-        }
-        out = asyncio.run(model.predict(body))
-        assert len(out["predictions"][0]["rounds"]) == 2
-    finally:
-        stack.down()
-    assert not stack.running()
+    monkeypatch.setenv("PTR_CACHE", str(tmp_path / "cache"))
+    storage.publish(tiny_path, "s3://ptr/models/tiny")
+    model = RefiningModel("ptr", "s3://ptr/models/tiny", backend_options={"dtype": "float32"})
+    assert model.load()
+    body = {
+        "instances": [{"prompt": "Question: 1+1?\nAnswer:"}],
+        "parameters": {"rounds": 2, "max_new_tokens": 3},
+    }
+    out = asyncio.run(model.predict(body))
+    assert len(out["predictions"][0]["rounds"]) == 2

@@ -17,23 +17,13 @@ from ptr.errors import PtrError
 from ptr.tracking.stack import Stack, _wait_gone
 
 
-@pytest.fixture(scope="module")
-def s3_store(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("s3-stack"))
-    with pytest.MonkeyPatch.context() as mp:
-        env = stack.up(services=("weed",))
-        for key, value in env.items():
-            mp.setenv(key, value)
-        mp.setenv("PTR_S3_MAX_ATTEMPTS", "2")
-        mp.setenv("PTR_S3_CHUNK_MB", "5")
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        mp.setenv("AWS_CONFIG_FILE", "/nonexistent")
-        mp.setenv("PTR_CACHE", str(tmp_path_factory.mktemp("cache")))
-        try:
-            yield stack
-        finally:
-            stack.down()
-    assert not stack.running()
+@pytest.fixture()
+def s3_store(s3_store, monkeypatch, tmp_path):
+    """The session's store, with few retries and small parts so failures show quickly."""
+    monkeypatch.setenv("PTR_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("PTR_S3_CHUNK_MB", "5")
+    monkeypatch.setenv("PTR_CACHE", str(tmp_path / "cache"))
+    return s3_store
 
 
 def _keys(prefix: str, bucket: str = "ptr") -> list[str]:
