@@ -6,6 +6,11 @@ model has processed) is kept in a :class:`PrefixStore`. In the next round the co
 re-tokenized in full and only the tokens after the longest common prefix with the cached tokens are
 run through the model. Because the cache is reused only where the token ids agree, the model sees
 exactly the ids it would see without reuse, so greedy outputs are the same with and without it.
+
+Shared prefixes: the conversations of one call often begin with the same tokens (a k-shot prompt, a
+system prompt). Their longest common prefix is run through the model once, and its cache is copied
+into every row that has no cache of its own, so that prefill covers only each question's own tokens.
+The cache of the last shared prefix is kept for the next call.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from ptr.inference.types import Completion, Conversation, SamplingParams
 
 # Tokens after which a chat model's turn is over, when its generation config does not list them all.
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
+# A common prefix shorter than this is not worth a separate forward pass.
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass
@@ -69,6 +76,7 @@ class TransformersBackend:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = self._end_ids()
         self.context_length = self._context_length()
+        self._shared: _Entry | None = None  # the cache of the last shared prefix (see module docs)
 
     # -- tokenization ---------------------------------------------------------------------------
 
@@ -103,8 +111,11 @@ class TransformersBackend:
         params: SamplingParams,
         *,
         prefix_store: PrefixStore | None = None,
+        update_store: bool = True,
         progress=None,
     ) -> list[Completion]:
+        """``prefix_store``: per-conversation caches to reuse, and to update with this call's
+        (unless ``update_store`` is False: the caller will not continue these conversations)."""
         import torch
 
         ids = [self.encode(c) for c in conversations]
@@ -115,25 +126,59 @@ class TransformersBackend:
                     f"{self.context_length}-token context"
                 )
         store = prefix_store if (prefix_store is not None and self.prefix_reuse) else None
+        keep = store is not None and update_store
+        shared = self._shared_prefix(ids) if self.prefix_reuse else None
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
         results: list[Completion | None] = [None] * len(ids)
         generator = torch.Generator(device="cpu")
         generator.manual_seed(params.seed if params.seed is not None else torch.seed())
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            entries = [store.entries[i] if store else None for i in batch]
+            entries = [(store.entries[i] if store else None) or shared for i in batch]
             completions, new_entries = self._generate_batch(
-                [ids[i] for i in batch], entries, params, generator
+                [ids[i] for i in batch], entries, params, generator, keep_cache=keep
             )
             for i, completion, entry in zip(batch, completions, new_entries, strict=True):
                 results[i] = completion
-                if store is not None:
+                if keep:
                     store.entries[i] = entry
             if progress is not None:
                 progress(len(batch))
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, ids, entries, params: SamplingParams, generator):
+    def _shared_prefix(self, ids: list[list[int]]) -> _Entry | None:
+        """The cache of the longest common prefix of ``ids`` (at least one token of each row left
+        over), computed once and kept; None when there is no prefix worth sharing."""
+        if len(ids) < 2:
+            return None
+        n = min(len(x) for x in ids) - 1
+        first = ids[0]
+        for x in ids[1:]:
+            n = _common_prefix(first[:n], x[:n])
+            if n < MIN_SHARED_PREFIX:
+                return None
+        tokens = first[:n]
+        if self._shared is not None and self._shared.tokens == tokens:
+            return self._shared
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            self.model(
+                input_ids=torch.tensor([tokens], device=self.device),
+                attention_mask=torch.ones(1, n, dtype=torch.long, device=self.device),
+                position_ids=torch.arange(n, device=self.device).unsqueeze(0),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        keys = [layer.keys[0].clone() for layer in cache.layers]
+        values = [layer.values[0].clone() for layer in cache.layers]
+        self._shared = _Entry(list(tokens), keys, values)
+        return self._shared
+
+    def _generate_batch(self, ids, entries, params: SamplingParams, generator, keep_cache: bool = True):
         import torch
         from transformers import DynamicCache
 
@@ -229,7 +274,7 @@ class TransformersBackend:
                     finish_reason=finish[b] or "length",
                 )
             )
-            if self.prefix_reuse:
+            if self.prefix_reuse and keep_cache:
                 new_entries.append(self._extract(cache, mask, b, ids[b] + generated[b][:-1]))
             else:
                 new_entries.append(None)
