@@ -203,3 +203,31 @@ def test_tracking_logs_metrics_and_files(tmp_path, monkeypatch, tiny_backend):
         "eval/summary.md",
         "eval/scores.png",
     } <= names
+
+
+@pytest.mark.slow
+def test_served_model_over_http_scores_like_the_local_one(tmp_path, tiny_backend):
+    """--model_type openai against a real HTTP server (tests/support/openai_server.py) serving the same
+    tiny model: the same greedy answers, so the same scores."""
+    from tests.support.procs import free_port, start, stop, wait_http
+
+    port = free_port()
+    proc = start(["-m", "tests.support.openai_server", "--port", str(port)], log=tmp_path / "server.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
+        remote = evaluate(
+            _config(
+                tmp_path,
+                model_type="openai",
+                model_path="test-model",
+                endpoint=f"http://127.0.0.1:{port}/v1",
+                save_name="remote",
+            )
+        )
+    finally:
+        stop(proc)
+    local = evaluate(_config(tmp_path, save_name="local", format_type="chat"), backend=tiny_backend)
+    a = _lines(remote.output_dir / "arith.predictions.jsonl")
+    b = _lines(local.output_dir / "arith.predictions.jsonl")
+    assert [[r["output"] for r in x["rounds"]] for x in a] == [[r["output"] for r in x["rounds"]] for x in b]
+    assert remote.tasks["arith"].rounds == local.tasks["arith"].rounds
