@@ -160,3 +160,83 @@ def test_config_file(tmp_path):
         load_task_configs(path)
     with pytest.raises(PtrError, match="option bogus"):
         get_task("gsm8k")(TaskConfig(bogus=1))
+
+
+HUB_ROWS = {  # one row per task in its Hugging Face dataset's schema
+    "gsm8k": {"question": "Q?", "answer": "Work <<2*3=6>>6\n#### 1,006"},
+    "mmlu": {"question": "Q?", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 2},
+    "arc_challenge": {
+        "id": "x",
+        "question": "Q?",
+        "choices": {"text": ["a", "b", "c"], "label": ["1", "2", "3"]},
+        "answerKey": "2",
+    },
+    "commonsenseqa": {
+        "id": "x",
+        "question": "Q?",
+        "question_concept": "c",
+        "choices": {"label": list("ABCDE"), "text": list("abcde")},
+        "answerKey": "E",
+    },
+    "hellaswag": {
+        "activity_label": "Cooking",
+        "ctx": "A man [title] cuts",
+        "endings": ["a", "b", "c", "d"],
+        "label": "3",
+    },
+    "winogrande": {"sentence": "A _ b", "option1": "x", "option2": "y", "answer": "2"},
+    "drop": {
+        "query_id": "d1",
+        "passage": "P",
+        "question": "Q?",
+        "answers_spans": {"spans": ["1976"], "types": ["number"]},
+    },
+    "gpqa": {
+        "Question": "Q?",
+        "Correct Answer": "r",
+        "Incorrect Answer 1": "w1",
+        "Incorrect Answer 2": "w2",
+        "Incorrect Answer 3": "w3",
+        "Record ID": "rec1",
+    },
+    "math500": {"problem": "P", "solution": "S", "answer": "\\frac12", "unique_id": "test/a/1.json"},
+    "humaneval": {
+        "task_id": "HumanEval/0",
+        "prompt": "def f():\n",
+        "canonical_solution": "    return 1\n",
+        "test": "def check(c): pass",
+        "entry_point": "f",
+    },
+    "xsum": {"document": "D", "summary": "S", "id": "7"},
+}
+HUB_GOLD = {
+    "gsm8k": "1006",
+    "mmlu": "C",
+    "arc_challenge": "B",
+    "commonsenseqa": "E",
+    "hellaswag": "D",
+    "winogrande": "B",
+    "drop": ["1976"],
+    "math500": "\\frac12",
+    "humaneval": "    return 1\n",
+    "xsum": "S",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HUB_ROWS))
+def test_hub_rows_map_to_the_same_documents(name):
+    doc = get_task(name)().from_hub(0, dict(HUB_ROWS[name]))
+    if name == "gpqa":
+        assert doc.data["choices"]["ABCD".index(doc.gold)] == "r"
+    else:
+        assert doc.gold == HUB_GOLD[name]
+    assert doc.id and doc.question
+    if name == "hellaswag":
+        assert "Cooking: A man. cuts" in doc.question  # the hub's [title] marker is cleaned as locally
+
+
+def test_hub_unreachable_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(PtrError, match="from the hub.*--data_dir"):
+        get_task("winogrande")().docs()
