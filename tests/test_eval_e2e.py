@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from ptr.errors import PtrError
 from ptr.evaluate import EvalConfig, TaskConfig, evaluate
 from ptr.evaluate.extract import final_number, same_number
 from tests.conftest import run_ptr
@@ -231,3 +232,35 @@ def test_served_model_over_http_scores_like_the_local_one(tmp_path, tiny_backend
     b = _lines(local.output_dir / "arith.predictions.jsonl")
     assert [[r["output"] for r in x["rounds"]] for x in a] == [[r["output"] for r in x["rounds"]] for x in b]
     assert remote.tasks["arith"].rounds == local.tasks["arith"].rounds
+
+
+def test_every_task_runs_end_to_end(tmp_path, data_dir, tiny_backend):
+    """Two questions of every benchmark through generation, extraction, scoring and the files."""
+    from ptr.evaluate import task_names
+
+    names = task_names()
+    configs = {name: TaskConfig(limit=2) for name in names}
+    configs["xsum"] = TaskConfig(limit=2, max_document_chars=600)  # the tiny model's context is short
+    results = evaluate(
+        _config(tmp_path, tasks=names, task_configs=configs, data_dir=str(data_dir), max_new_tokens=6),
+        backend=tiny_backend,
+    )
+    assert set(results.tasks) == set(names)
+    summary = (results.output_dir / "summary.md").read_text()
+    for name, result in results.tasks.items():
+        assert result.n == 2 and len(result.rounds) == 2 and len(result.deltas) == 1
+        assert all(0.0 <= r["score"] <= 1.0 for r in result.rounds), name
+        assert (results.output_dir / f"{name}.predictions.jsonl").exists()
+        assert f"| {name} | {result.metric} | 2 |" in summary
+    assert "rougeL" in results.tasks["xsum"].extra and "exact_match" in results.tasks["drop"].extra
+
+
+def test_prompt_longer_than_the_context_is_refused_up_front(tmp_path, tiny_backend):
+    configs = {"arith": TaskConfig(limit=2, num_fewshots=8, n=5, min_steps=8, max_steps=8)}
+    small = type(tiny_backend)(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer)
+    small.context_length = 300
+    with pytest.raises(
+        PtrError, match="task arith: question 0 makes a prompt of .* more than the model's 300-token context"
+    ):
+        evaluate(_config(tmp_path, task_configs=configs), backend=small)
+    assert not (tmp_path / "tiny-random").exists()

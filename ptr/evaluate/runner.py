@@ -77,6 +77,22 @@ def resolve_format(config: EvalConfig, backend) -> str:
     return "chat"  # served models (openai, kserve) take messages
 
 
+def check_context(backend, prompts: dict[str, list]) -> None:
+    """Fail before generating anything when a prompt does not fit the model's context (where the
+    backend can tell: the transformers backend tokenizes locally)."""
+    encode, limit = getattr(backend, "encode", None), getattr(backend, "context_length", None)
+    if encode is None or not limit:
+        return
+    for name, task_prompts in prompts.items():
+        for i, prompt in enumerate(task_prompts):
+            n = len(encode(prompt))
+            if n + 1 > limit:
+                raise PtrError(
+                    f"task {name}: question {i} makes a prompt of {n} tokens, more than the model's "
+                    f"{limit}-token context; lower num_fewshots (or max_document_chars for xsum)"
+                )
+
+
 def _params(config: EvalConfig, task: Task, fmt: str) -> SamplingParams:
     try:
         return SamplingParams(
@@ -117,6 +133,7 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
     fmt = resolve_format(config, backend)
     prompts = {t.name: [t.prompt(d, fmt) for d in docs[t.name]] for t in tasks}
     params = {t.name: _params(config, t, fmt) for t in tasks}
+    check_context(backend, prompts)
 
     model = config.model_name or config.folder_name()
     out_dir = Path(config.output_path) / config.folder_name()

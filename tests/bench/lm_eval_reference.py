@@ -104,7 +104,7 @@ def main() -> int:
             else generate(args.limit, args.rounds, args.model, tmp)
         )
         outputs, ours, tasks = {}, {}, []
-        for path in paths:
+        for index, path in enumerate(paths):
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             task = records[0]["task"]
             if task not in SPECS:
@@ -113,11 +113,11 @@ def main() -> int:
             rows = []
             for rec in records:
                 for r in rec["rounds"]:
-                    key = f"{rec['id']}#r{r['round']}"
+                    key = f"{path.stem.split('.')[0]}{index}:{rec['id']}#r{r['round']}"
                     outputs[key] = r["output"]
                     ours[(task, key)] = {**r, "gold": rec["gold"]}
                     rows.append({"key": key, **row_of(rec)})
-            name = f"ref_{task}"
+            name = f"ref_{task}_{index}"
             write_task(
                 tmp / "tasks",
                 name,
@@ -127,7 +127,7 @@ def main() -> int:
             tasks.append((task, name, rows))
         result = evaluate(replay_model(outputs), tmp / "tasks", [name for _, name, _ in tasks])
 
-    summary, lines, agree_total, n_total = {}, [], 0, 0
+    summary, lines = {}, []
     for task, name, rows in tasks:
         verdict = {}
         for s in result["samples"][name]:
@@ -136,7 +136,9 @@ def main() -> int:
                 s["filtered_resps"][0],
                 float(s["exact_match"]) == 1.0,
             )
-        counts = {"n": 0, "ours": 0, "strict": 0, "flexible": 0, "agree_strict": 0, "agree_flexible": 0}
+        counts = summary.setdefault(
+            task, {"n": 0, "ours": 0, "strict": 0, "flexible": 0, "agree_strict": 0, "agree_flexible": 0}
+        )
         for row in rows:
             key = row["key"]
             mine = ours[(task, key)]
@@ -148,14 +150,11 @@ def main() -> int:
             counts["flexible"] += f_ok
             counts["agree_strict"] += ok == s_ok
             counts["agree_flexible"] += ok == f_ok
-            if ok != s_ok:
+            if ok != s_ok or ok != f_ok:
                 lines.append(
                     f"| {task} | {key} | {mine['gold']} | {mine['extracted']} ({'right' if ok else 'wrong'}) | "
-                    f"{s_val} ({'right' if s_ok else 'wrong'}) | {f_val} | {cause(task, mine, s_val, f_val, mine['gold'], mine['output'])} | {tail(mine['output'])} |"
+                    f"{s_val} ({'right' if s_ok else 'wrong'}) | {f_val} ({'right' if f_ok else 'wrong'}) | {cause(task, mine, s_val, f_val, mine['gold'], mine['output'])} | {tail(mine['output'])} |"
                 )
-        summary[task] = counts
-        agree_total += counts["agree_strict"]
-        n_total += counts["n"]
 
     table = [
         "| task | question#round | gold | ours | lm_eval strict | lm_eval flexible | cause | output (end) |",
@@ -170,6 +169,8 @@ def main() -> int:
         )
     if args.report:
         Path(args.report).write_text("\n".join(table) + "\n")
+    agree_total = sum(c["agree_strict"] for c in summary.values())
+    n_total = sum(c["n"] for c in summary.values())
     print(
         json.dumps(
             {"ratio": agree_total / max(n_total, 1), "agree": agree_total, "n": n_total, "tasks": summary}
