@@ -212,3 +212,22 @@ HE_DOC = Doc(
 def test_humaneval_extraction_and_execution(output, passes):
     (scored,) = get_task("humaneval")().score_outputs([output], [HE_DOC])
     assert scored.correct is passes, scored.extracted
+
+
+def test_math_scoring_off_the_main_thread():
+    """math-verify's SIGALRM timeouts only work in the main thread; scoring elsewhere still works."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    task = get_task("math500")()
+    with ThreadPoolExecutor(1) as pool:
+        (scored,) = pool.submit(
+            task.score_outputs, ["Answer: \\dfrac{3}{4}"], [Doc("m", "q", "\\frac34")]
+        ).result()
+    assert scored.correct is True
+
+
+def test_unloadable_embedding_model_fails_before_generation(tmp_path):
+    from ptr.errors import PtrError
+
+    with pytest.raises(PtrError, match="cannot load embedding model"):
+        get_task("xsum")(embedding_model=str(tmp_path / "no-such-model")).prepare()

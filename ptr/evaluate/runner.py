@@ -128,6 +128,8 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
 
     tasks = build_tasks(config)
     docs = {t.name: t.docs() for t in tasks}  # bad data fails here, before the model loads
+    for task in tasks:
+        task.prepare()
     if backend is None:
         backend = make_backend(config)
     fmt = resolve_format(config, backend)

@@ -168,6 +168,10 @@ class Task:
         head = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in shots)
         return f"{head}Question: {question}\nAnswer:"
 
+    def prepare(self) -> None:
+        """Load what scoring needs (an embedding model) before any generation, so that a missing
+        one fails the run at its start."""
+
     def max_new_tokens(self, requested: int | None) -> int:
         return self.config.max_new_tokens or requested or self.default_max_new_tokens
 

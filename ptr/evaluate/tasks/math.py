@@ -8,6 +8,7 @@ exemplars are in ``fewshot/math_fewshot_cot.txt``.
 
 from __future__ import annotations
 
+import threading
 from functools import cached_property
 from pathlib import Path
 
@@ -33,10 +34,15 @@ SUBJECTS = (
 )
 
 
+def _timeout() -> int | None:
+    """math-verify times out with SIGALRM, which only the main thread may use."""
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
 def _parse(expr: str):
     from math_verify import parse
 
-    return parse(expr, parsing_timeout=5)
+    return parse(expr, parsing_timeout=_timeout())
 
 
 def extract_math_answer(output: str) -> str | None:
@@ -67,7 +73,7 @@ def equivalent(extracted: str | None, gold: str) -> bool:
     # as LaTeX first; then as written, for plain-text answers such as "(3, pi/2)"
     for candidate in (as_latex(extracted), extracted):
         pred_parsed = _parse(candidate)
-        if pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=5):
+        if pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()):
             return True
     return False
 

@@ -71,6 +71,11 @@ class Xsum(Task):
     def fewshot_pool(self) -> list[tuple[str, str]]:
         return self._pool
 
+    def prepare(self) -> None:
+        from ptr.embeddings import load
+
+        load(self.embedding_model)
+
     def extract(self, output: str, doc: Doc) -> str:
         return extract_summary(output)
 
