@@ -203,7 +203,8 @@ class Task:
 class MultipleChoiceTask(Task):
     """Options lettered A, B, …; the answer is extracted from free text and must be the gold letter."""
 
-    instruction = 'Answer with the letter of the correct option, for example "The answer is (B)."'
+    # The form, not an example: small models copy an example's letter.
+    instruction = 'Reply with "The answer is (X)", where X is the letter of the correct option.'
 
     @staticmethod
     def make_doc(doc_id: str, stem: str, choices: list[str], gold_index: int, **data) -> Doc:
