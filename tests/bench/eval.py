@@ -55,9 +55,12 @@ def main() -> int:
 
     # ours
     backend = TransformersBackend(args.model, dtype="float32", batch_size=args.batch_size)
-    start = time.perf_counter()
-    completions = refine(backend, prompts, 1, params)
-    ours_s = time.perf_counter() - start
+    from tqdm import tqdm
+
+    with tqdm(total=len(prompts), desc="ours", unit="problem", file=sys.stderr) as bar:
+        start = time.perf_counter()
+        completions = refine(backend, prompts, 1, params, progress=bar.update)
+        ours_s = time.perf_counter() - start
     ours_text = [c[0].text for c in completions]
     ours_scored = task.score_outputs(ours_text, docs)
     if args.save_predictions:
