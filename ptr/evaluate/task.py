@@ -203,8 +203,8 @@ class Task:
 class MultipleChoiceTask(Task):
     """Options lettered A, B, …; the answer is extracted from free text and must be the gold letter."""
 
-    # The form, not an example: small models copy an example's letter.
-    instruction = 'Reply with "The answer is (X)", where X is the letter of the correct option.'
+    # No example answer: small models copy it verbatim ("The answer is (B)" → always B, "(X)" → "(X)").
+    instruction = "Answer with the letter of the correct option."
 
     @staticmethod
     def make_doc(doc_id: str, stem: str, choices: list[str], gold_index: int, **data) -> Doc:

@@ -28,7 +28,7 @@ def winogrande_doc(row: dict, where, line) -> Doc:
 class WinoGrande(MultipleChoiceTask):
     title = "WinoGrande"
     default_max_new_tokens = 160
-    instruction = 'Which option fills the blank (_)? End with "The answer is (X)", where X is its letter.'
+    instruction = "Which option fills the blank (_)? Answer with its letter."
     hub = ("allenai/winogrande", "winogrande_xl", "validation")
 
     def load_local(self, data_dir: Path) -> list[Doc]:
