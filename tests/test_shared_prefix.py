@@ -67,3 +67,30 @@ def test_no_sharing_without_a_common_prefix(tiny_backend):
     backend = TransformersBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer)
     backend.generate(["Question: one?\nAnswer:", "Tell me a story"], SamplingParams(max_new_tokens=2))
     assert backend._shared is None
+
+
+def test_cache_grown_in_place_gives_identical_outputs(tiny_backend, monkeypatch):
+    """The in-place cache layer holds exactly what transformers' own DynamicLayer would."""
+    from transformers.cache_utils import DynamicLayer
+
+    from ptr.inference import hf
+
+    params = SamplingParams(max_new_tokens=12, stop=("\nQuestion:",))
+    grown = [[c.text for c in r] for r in refine(tiny_backend, PROMPTS, 2, params)]
+    monkeypatch.setattr(hf, "_cache_layer", lambda capacity: DynamicLayer())
+    plain = [[c.text for c in r] for r in refine(tiny_backend, PROMPTS, 2, params)]
+    assert grown == plain
+
+
+def test_growing_layer_regrows_past_its_capacity():
+    import torch
+
+    from ptr.inference.hf import _cache_layer
+
+    layer = _cache_layer(4)
+    parts = [torch.randn(2, 3, n, 8) for n in (3, 1, 1, 5)]
+    for part in parts:
+        keys, values = layer.update(part, part * 2)
+    whole = torch.cat(parts, dim=-2)
+    assert torch.equal(keys, whole) and torch.equal(values, whole * 2)
+    assert layer.get_seq_length() == 10
