@@ -35,6 +35,11 @@ OPTIONS = ["Paris", "London", "Berlin", "Madrid"]
         ("The capital of France is Paris.", "A"),  # the option's text
         ("The answer is Berlin.", "C"),
         ("A good question. It must be Madrid.", "D"),  # the article "A" is not a choice
+        # a real SmolLM2 reply: the statement's next line opens with the article "A"
+        ("(C) Berlin\n\nThe correct answer is:\n\nA city with a long history, Berlin.", "C"),
+        ("The answer is B - London", "B"),
+        ("The answer is C because Berlin is the capital.", "C"),
+        ("The answer is A.", "A"),
         # no answer at all: unextractable, and counted wrong
         ("Neither of them, I am not sure.", None),
         ("The options are (A) Paris, (B) London, (C) Berlin, (D) Madrid.", None),

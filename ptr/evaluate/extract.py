@@ -141,8 +141,17 @@ def extract_choice(text: str, labels: str, options: list[str] | None = None) -> 
         return None
     L = re.escape(labels)
     lower = re.escape(labels.lower())
-    # A letter as a choice: "(B)", "B)", "[B]", "**B**", "B." — not the article "A" in "A cat".
-    letter = rf"(?:\(\s*([{L}{lower}])\s*\)|\[\s*([{L}])\s*\]|\*\*\s*\(?([{L}])\)?\s*\*\*|([{L}])(?![\w'’-]))"
+    # A letter as a choice: "(B)", "[B]", "**B**", a bare "C" ("C because…"), and a bare "A" only where it
+    # cannot be the article ("A.", "A)", "A" at the end, "A - …"; not "A computer is…").
+    others = re.escape(labels.replace("A", ""))
+    letter = (
+        rf"(?:\(\s*([{L}{lower}])\s*\)|\[\s*([{L}])\s*\]|\*\*\s*\(?([{L}])\)?\s*\*\*"
+        + (rf"|([{others}])(?![\w'’-])" if others else "")
+        + (r"|(A)(?=\s*$|\s*[).:,;\]*]|\s+[-–—(]))" if "A" in labels else "")
+        + ")"
+    )
+    # after "option"/"choice" or before "is correct" a bare letter is unambiguous
+    named = rf"(?:\(\s*([{L}{lower}])\s*\)|\*\*\s*\(?([{L}])\)?\s*\*\*|([{L}])(?![\w'’-]))"
 
     def pick(m: re.Match | None) -> str | None:
         if not m:
@@ -171,8 +180,8 @@ def extract_choice(text: str, labels: str, options: list[str] | None = None) -> 
     # 3. "option C is correct", "(C) is the right answer", "I choose B", "I'd go with (D)"
     verdicts = list(
         re.finditer(
-            rf"(?:(?i:option|choice)\s*{letter}|\(\s*([{L}])\s*\))\s*(?i:is\s+(?:the\s+)?(?:correct|right|best|true))"
-            rf"|(?i:I\s+(?:would\s+)?(?:choose|pick|select|go\s+with)|I'd\s+(?:choose|pick|go\s+with))\s*(?:(?i:option)\s*)?{letter}",
+            rf"(?:(?i:option|choice)\s*{named}|\(\s*([{L}])\s*\))\s*(?i:is\s+(?:the\s+)?(?:correct|right|best|true))"
+            rf"|(?i:I\s+(?:would\s+)?(?:choose|pick|select|go\s+with)|I'd\s+(?:choose|pick|go\s+with))\s*(?:(?i:option)\s*)?{named}",
             text,
         )
     )
