@@ -147,7 +147,7 @@ def extract_choice(text: str, labels: str, options: list[str] | None = None) -> 
     letter = (
         rf"(?:\(\s*([{L}{lower}])\s*\)|\[\s*([{L}])\s*\]|\*\*\s*\(?([{L}])\)?\s*\*\*"
         + (rf"|([{others}])(?![\w'’-])" if others else "")
-        + (r"|(A)(?=\s*$|\s*[).:,;\]*]|\s+[-–—(]))" if "A" in labels else "")
+        + (r"|(A)(?=\s*$|\s*[).:,;\]*]|\s+[-–—(])" if "A" in labels else "")
         + ")"
     )
     # after "option"/"choice" or before "is correct" a bare letter is unambiguous
