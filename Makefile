@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 export DS_BUILD_OPS := 0
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
+export OMP_WAIT_POLICY ?= PASSIVE
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 

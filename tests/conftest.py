@@ -15,6 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# OpenMP threads that spin while waiting make every torch op hundreds of times slower when the cores
+# are shared with other processes (measured: a tiny-model step 250-450 ms spinning, 5-8 ms passive).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def run_ptr(*args, check: bool = False, env: dict | None = None, cwd=None, timeout: float = 600):

@@ -107,7 +107,8 @@ def refine(
             conversations, rounds, params, refine_prompt=refine_prompt, on_round=on_round, progress=progress
         )
     results: list[list[Completion]] = [[] for _ in conversations]
-    supports_store = getattr(backend, "name", "") == "transformers"
+    # kept caches pay off only when there is a next round
+    supports_store = getattr(backend, "name", "") == "transformers" and rounds > 1
     for start in range(0, len(conversations), chunk_size):
         indices = list(range(start, min(start + chunk_size, len(conversations))))
         current = [conversations[i] for i in indices]
@@ -120,6 +121,7 @@ def refine(
             kwargs = {"progress": progress}
             if store is not None:
                 kwargs["prefix_store"] = store
+                kwargs["update_store"] = k < rounds
             outs = backend.generate(current, params, **kwargs)
             for i, out in zip(indices, outs, strict=True):
                 results[i].append(out)

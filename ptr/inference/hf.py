@@ -6,16 +6,27 @@ model has processed) is kept in a :class:`PrefixStore`. In the next round the co
 re-tokenized in full and only the tokens after the longest common prefix with the cached tokens are
 run through the model. Because the cache is reused only where the token ids agree, the model sees
 exactly the ids it would see without reuse, so greedy outputs are the same with and without it.
+
+Shared prefixes: the conversations of one call often begin with the same tokens (a k-shot prompt, a
+system prompt). Their longest common prefix is run through the model once, and its cache is copied
+into every row that has no cache of its own, so that prefill covers only each question's own tokens.
+The cache of the last shared prefix is kept for the next call.
+
+Decoding writes each new token's keys and values into room reserved in advance, instead of letting
+transformers' ``DynamicLayer`` concatenate (copy) the whole cache at every step.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ptr.inference.types import Completion, Conversation, SamplingParams
 
 # Tokens after which a chat model's turn is over, when its generation config does not list them all.
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
+# A common prefix shorter than this is not worth a separate forward pass.
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass
@@ -33,6 +44,49 @@ class PrefixStore:
 
     def clear(self):
         self.entries = [None] * len(self.entries)
+
+
+@functools.cache
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A cache layer with room reserved for the tokens still to come. ``DynamicLayer`` appends with
+        ``torch.cat``, copying the whole cache at every decoding step (about 40% of a step at 1,000
+        cached tokens on a CPU); this writes the new slots in place and hands out a view. The values
+        are the same, so outputs are identical."""
+
+        def __init__(self, capacity: int, **kwargs):
+            super().__init__(**kwargs)
+            self.capacity = capacity
+            self._keys = self._values = None
+            self._length = 0
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            if self._keys is None or self._length + n > self._keys.shape[-2]:
+                size = max(self.capacity, 2 * (self._length + n))
+                keys = key_states.new_empty(*key_states.shape[:2], size, key_states.shape[-1])
+                values = value_states.new_empty(*value_states.shape[:2], size, value_states.shape[-1])
+                if self._length:
+                    keys[:, :, : self._length] = self._keys[:, :, : self._length]
+                    values[:, :, : self._length] = self._values[:, :, : self._length]
+                self._keys, self._values = keys, values
+            self._keys[:, :, self._length : self._length + n] = key_states
+            self._values[:, :, self._length : self._length + n] = value_states
+            self._length += n
+            self.keys = self._keys[:, :, : self._length]
+            self.values = self._values[:, :, : self._length]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+def _cache_layer(capacity: int):
+    """A cache layer for a full-attention layer, with room for ``capacity`` tokens."""
+    return _growing_layer_class()(capacity)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -69,6 +123,7 @@ class TransformersBackend:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = self._end_ids()
         self.context_length = self._context_length()
+        self._shared: _Entry | None = None  # the cache of the last shared prefix (see module docs)
 
     # -- tokenization ---------------------------------------------------------------------------
 
@@ -103,8 +158,11 @@ class TransformersBackend:
         params: SamplingParams,
         *,
         prefix_store: PrefixStore | None = None,
+        update_store: bool = True,
         progress=None,
     ) -> list[Completion]:
+        """``prefix_store``: per-conversation caches to reuse, and to update with this call's
+        (unless ``update_store`` is False: the caller will not continue these conversations)."""
         import torch
 
         ids = [self.encode(c) for c in conversations]
@@ -115,27 +173,62 @@ class TransformersBackend:
                     f"{self.context_length}-token context"
                 )
         store = prefix_store if (prefix_store is not None and self.prefix_reuse) else None
+        keep = store is not None and update_store
+        shared = self._shared_prefix(ids) if self.prefix_reuse else None
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
         results: list[Completion | None] = [None] * len(ids)
         generator = torch.Generator(device="cpu")
         generator.manual_seed(params.seed if params.seed is not None else torch.seed())
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            entries = [store.entries[i] if store else None for i in batch]
+            entries = [(store.entries[i] if store else None) or shared for i in batch]
             completions, new_entries = self._generate_batch(
-                [ids[i] for i in batch], entries, params, generator
+                [ids[i] for i in batch], entries, params, generator, keep_cache=keep
             )
             for i, completion, entry in zip(batch, completions, new_entries, strict=True):
                 results[i] = completion
-                if store is not None:
+                if keep:
                     store.entries[i] = entry
             if progress is not None:
                 progress(len(batch))
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, ids, entries, params: SamplingParams, generator):
+    def _shared_prefix(self, ids: list[list[int]]) -> _Entry | None:
+        """The cache of the longest common prefix of ``ids`` (at least one token of each row left
+        over), computed once and kept; None when there is no prefix worth sharing."""
+        if len(ids) < 2:
+            return None
+        n = min(len(x) for x in ids) - 1
+        first = ids[0]
+        for x in ids[1:]:
+            n = _common_prefix(first[:n], x[:n])
+            if n < MIN_SHARED_PREFIX:
+                return None
+        tokens = first[:n]
+        if self._shared is not None and self._shared.tokens == tokens:
+            return self._shared
         import torch
         from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            self.model(
+                input_ids=torch.tensor([tokens], device=self.device),
+                attention_mask=torch.ones(1, n, dtype=torch.long, device=self.device),
+                position_ids=torch.arange(n, device=self.device).unsqueeze(0),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        keys = [layer.keys[0].clone() for layer in cache.layers]
+        values = [layer.values[0].clone() for layer in cache.layers]
+        self._shared = _Entry(list(tokens), keys, values)
+        return self._shared
+
+    def _generate_batch(self, ids, entries, params: SamplingParams, generator, keep_cache: bool = True):
+        import torch
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         model, dev = self.model, self.device
         bsz = len(ids)
@@ -156,7 +249,14 @@ class TransformersBackend:
             mask[b, p_len + n_len - k :] = 1
             input_ids[b, n_len - k :] = torch.tensor(new[b])
             position_ids[b, n_len - k :] = torch.arange(r, r + k)
+        max_new = params.max_new_tokens
+        max_new = min(max_new, self.context_length - max(len(x) for x in ids))
         cache = DynamicCache(config=model.config)
+        # full-attention layers grow in place: each step writes one slot instead of copying the cache
+        cache.layers = [
+            _cache_layer(p_len + n_len + max_new) if type(layer) is DynamicLayer else layer
+            for layer in cache.layers
+        ]
         if p_len:
             ref = next(e for e in entries if e is not None)
             for layer in range(len(ref.keys)):
@@ -169,8 +269,6 @@ class TransformersBackend:
                         values[b, :, p_len - r :] = entry.values[layer][:, :r]
                 cache.update(keys, values, layer)
 
-        max_new = params.max_new_tokens
-        max_new = min(max_new, self.context_length - max(len(x) for x in ids))
         generated: list[list[int]] = [[] for _ in range(bsz)]
         finish = [None] * bsz
         positions = torch.tensor([len(x) for x in ids])
@@ -229,7 +327,7 @@ class TransformersBackend:
                     finish_reason=finish[b] or "length",
                 )
             )
-            if self.prefix_reuse:
+            if self.prefix_reuse and keep_cache:
                 new_entries.append(self._extract(cache, mask, b, ids[b] + generated[b][:-1]))
             else:
                 new_entries.append(None)
