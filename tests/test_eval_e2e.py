@@ -178,9 +178,11 @@ def test_module_entry_point():
 def test_tracking_logs_metrics_and_files(tmp_path, monkeypatch, tiny_backend):
     """A real MLflow tracking store (SQLite): the promotion step reads these names."""
     mlflow = pytest.importorskip("mlflow")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("PTR_EXPERIMENT", "eval-test")
-    client = mlflow.tracking.MlflowClient()
+    # explicit URI: an earlier test in this process may have set MLflow's global tracking URI
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     client.create_experiment("eval-test", artifact_location=(tmp_path / "artifacts").as_uri())
     results = evaluate(
         _config(tmp_path / "out", task_configs={"arith": TaskConfig(limit=3)}), backend=tiny_backend
