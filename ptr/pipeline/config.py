@@ -19,8 +19,28 @@ DEFAULT_IMAGE = "ptr:0.1.0"
 DEFAULT_GPU_IMAGE = "ptr-gpu:0.1.0"
 
 
+def _whole_numbers(value):
+    """Integral floats back to ints, all the way down: a pipeline hands dict parameters over as JSON
+    structs whose numbers are all floats, and DeepSpeed refuses ``warmup_num_steps: 2.0``."""
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _free_form_ints(cls, data):
+        # only free-form mappings (options, DeepSpeed settings): typed fields convert themselves
+        if isinstance(data, dict):
+            return {k: _whole_numbers(v) if isinstance(v, dict) else v for k, v in data.items()}
+        return data
 
 
 class Resources(Section):
