@@ -152,3 +152,43 @@ def test_smollm2_greedy_answer_is_stable(smollm_path):
     b = backend.generate(q, params)[0].text
     assert a.strip() and a == b
     assert "Paris" in a
+
+
+def test_cpu_decode_attention_matches_sdpa_with_padding():
+    """Decoding steps with ``ptr_sdpa_decode`` give SDPA's logits on left-padded GQA batches."""
+    import torch
+
+    from ptr.inference.attention import DECODE_SDPA, use_decode_attention
+    from ptr.models import load_model
+
+    model, _ = load_model("tiny-random", dtype="float32")
+    assert model.config._attn_implementation == "sdpa" and model.config.num_key_value_heads < 4
+    torch.manual_seed(0)
+    ids = torch.randint(10, 200, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, :5] = 0  # left padding, as the backend lays batches out
+    mask[2, :2] = 0
+
+    def decode():
+        from transformers import DynamicCache
+
+        cache, m, logits = DynamicCache(config=model.config), mask.clone(), []
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=m, past_key_values=cache, use_cache=True)
+            for step in range(4):
+                m = torch.cat([m, torch.ones(3, 1, dtype=torch.long)], dim=1)
+                pos = (m.sum(1, keepdim=True) - 1).long()
+                out = model(
+                    input_ids=ids[:, step : step + 1],
+                    attention_mask=m,
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                logits.append(out.logits[:, -1])
+        return torch.stack(logits)
+
+    reference = decode()
+    use_decode_attention(model)
+    assert model.config._attn_implementation == DECODE_SDPA
+    torch.testing.assert_close(decode(), reference, rtol=1e-4, atol=1e-4)

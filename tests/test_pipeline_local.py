@@ -13,6 +13,7 @@ import pytest
 
 from pipelines import run as runner
 from ptr.pipeline.config import load_config
+from ptr.procs import pid_alive
 
 STAGES = (
     "ptr.data.thoughts",
@@ -47,14 +48,6 @@ TINY = {
     "evaluate": {"tasks": ["arith"], "rounds": 2, "limit": 3, "max_new_tokens": 16},
     "promote": {"primary": "arith.round2"},
 }
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +102,7 @@ def test_local_server_was_stopped(finished):
         next(Path(result["run_dir"]).glob("deploy-model/endpoint/endpoint.json")).read_text()
     )
     assert endpoint["mode"] == "local" and endpoint["url"].startswith("http://127.0.0.1:")
-    assert not _alive(endpoint["pid"])
+    assert not pid_alive(endpoint["pid"])
 
 
 def test_mlflow_correlates_the_run(finished):

@@ -30,6 +30,7 @@ from ptr.encode.records import Drop, Example, input_files, iter_input, iter_load
 from ptr.encode.shards import ANSWER, IGNORE, MAX_THOUGHTS, ShardWriter
 from ptr.errors import InputError, PtrError
 from ptr.jsonl import write_json
+from ptr.procs import pid_alive
 from ptr.prompts import REFINE_PROMPT
 
 FORMAT_VERSION = 1
@@ -154,21 +155,11 @@ def _chunks(examples: Iterator, size: int) -> Iterator[list]:
 # -- staging and publishing -----------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clear_stale(parent: Path, corpus: str) -> None:
     """Staging folders of encoders that died (killed, out of memory) are removed."""
     for path in parent.glob(f".{corpus}.*-*"):
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
 

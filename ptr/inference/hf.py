@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from ptr.inference.attention import use_decode_attention
 from ptr.inference.types import Completion, Conversation, SamplingParams
 
 # Tokens after which a chat model's turn is over, when its generation config does not list them all.
@@ -116,6 +117,7 @@ class TransformersBackend:
 
             model, tokenizer = load_model(model_ref, dtype=dtype, device=device)
         self.model, self.tokenizer = model, tokenizer
+        use_decode_attention(model)  # CPU decoding steps without the fused kernel (see its module)
         self.model_name = str(model_ref) if model_ref is not None else getattr(model, "name_or_path", "model")
         self.device = next(model.parameters()).device
         self.batch_size = batch_size

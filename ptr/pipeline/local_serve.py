@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,22 +17,7 @@ from pathlib import Path
 
 from ptr.errors import PtrError
 from ptr.pipeline.launch import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from ptr.procs import free_port, pid_alive
 
 
 def start(model_path: str, model_name: str, workdir: Path, *, timeout: float = 300.0) -> dict:
@@ -92,16 +76,16 @@ def _tail(path: Path, lines: int = 20) -> str:
 def stop(record: dict, timeout: float = 15.0) -> bool:
     """Stop the server a record names (its whole process group); False if it was already gone."""
     pid = int(record["pid"])
-    if not _alive(pid):
+    if not pid_alive(pid):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.2)
-    if _alive(pid):
+    if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
     return True

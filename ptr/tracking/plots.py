@@ -55,7 +55,12 @@ def score_vs_round(tables: list[dict], out: Path | str) -> Path:
         ax.set_ylabel("score")
         ax.set_xticks(xs)
         ax.grid(True, linestyle=":", alpha=0.6)
-    for ax in list(axes.flat)[len(tables) :]:
+    return _save(plt, fig, axes, len(tables), out)
+
+
+def _save(plt, fig, axes, used: int, out: Path | str) -> Path:
+    """Blank the panels past the ``used`` ones, write the PNG, free the figure."""
+    for ax in list(axes.flat)[used:]:
         ax.axis("off")
     fig.tight_layout()
     out = Path(out)
@@ -100,10 +105,4 @@ def loss_curves(records: list[dict], out: Path | str, keys: list[str] | None = N
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(True, linestyle=":", alpha=0.6)
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, axes, len(keys), out)

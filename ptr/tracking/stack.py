@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from ptr.errors import PtrError, cli_errors
+from ptr.procs import free_port
 
 HOST = "127.0.0.1"
 BUCKETS = ("mlflow", "ptr")
@@ -51,14 +52,8 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def _pick(preferred: int | None) -> int:
-    return preferred if preferred and _port_free(preferred) else _free_port()
+    return preferred if preferred and _port_free(preferred) else free_port(HOST)
 
 
 def _weed_binary() -> str:
@@ -97,7 +92,7 @@ class Stack:
             if owner not in running:
                 port = _pick(port)
                 while port in taken:
-                    port = _free_port()
+                    port = free_port(HOST)
                 wanted[name] = port
             taken.add(wanted[name])
         cfg = {

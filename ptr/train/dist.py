@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 from dataclasses import dataclass
+
+from ptr.procs import free_port
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,6 @@ class Dist:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prepare_environment(local_rank: int | None = None) -> list[str]:
     """Fill the variables torch.distributed and DeepSpeed read; must run before deepspeed is imported.
 
@@ -45,7 +40,7 @@ def prepare_environment(local_rank: int | None = None) -> list[str]:
     if "RANK" not in env and "WORLD_SIZE" not in env:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        env.setdefault("MASTER_PORT", str(free_port()))
     if "LOCAL_RANK" not in env:
         per_node = int(env.get("LOCAL_WORLD_SIZE", "0") or 0)
         env["LOCAL_RANK"] = str(int(env["RANK"]) % per_node if per_node else 0)

@@ -15,16 +15,34 @@ from ptr.evaluate.task import Doc, MultipleChoiceTask
 from ptr.jsonl import iter_jsonl
 
 
-def arc_doc(row: dict, where, line) -> Doc:
+def stem_choices_doc(row: dict, where, line) -> Doc:
+    """A row in the AI2 layout that ARC and CommonsenseQA share: ``{id, question: {stem, choices:
+    [{label, text}]}, answerKey}``."""
     q = row.get("question")
     if not isinstance(q, dict) or not isinstance(q.get("choices"), list) or "stem" not in q:
-        raise InputError(where, line, "expected {stem, choices: [{text, label}]}", field="question")
+        raise InputError(where, line, "expected {stem, choices: [{label, text}]}", field="question")
     labels = [str(c.get("label")) for c in q["choices"]]
     key = str(row.get("answerKey", ""))
     if key not in labels:
         raise InputError(where, line, f"{key!r} is not one of the choice labels {labels}", field="answerKey")
     texts = [str(c.get("text", "")) for c in q["choices"]]
     return MultipleChoiceTask.make_doc(str(row.get("id")), q["stem"], texts, labels.index(key))
+
+
+def hub_stem_choices_doc(row: dict, where, line) -> Doc:
+    """The same from a hub row, whose choices are ``{label: [...], text: [...]}`` beside the question."""
+    choices = row["choices"]
+    as_local = {
+        "id": row["id"],
+        "answerKey": row["answerKey"],
+        "question": {
+            "stem": row["question"],
+            "choices": [
+                {"label": lab, "text": t} for lab, t in zip(choices["label"], choices["text"], strict=True)
+            ],
+        },
+    }
+    return stem_choices_doc(as_local, where, line)
 
 
 class _Arc(MultipleChoiceTask):
@@ -34,26 +52,15 @@ class _Arc(MultipleChoiceTask):
     def _read(self, split: str) -> list[Doc]:
         path = self.data_path(self.data_dir, "arc", self.folder, f"{self.folder}-{split}.jsonl")
         return [
-            arc_doc(row, path, line) for line, row in iter_jsonl(path, required=("question", "answerKey"))
+            stem_choices_doc(row, path, line)
+            for line, row in iter_jsonl(path, required=("question", "answerKey"))
         ]
 
     def load_local(self, data_dir: Path) -> list[Doc]:
         return self._read("Test")
 
     def from_hub(self, index: int, row: dict) -> Doc:
-        choices = row["choices"]
-        as_local = {
-            "id": row["id"],
-            "question": {
-                "stem": row["question"],
-                "choices": [
-                    {"text": t, "label": lab}
-                    for t, lab in zip(choices["text"], choices["label"], strict=True)
-                ],
-            },
-            "answerKey": row["answerKey"],
-        }
-        return arc_doc(as_local, self.hub[0], index + 1)
+        return hub_stem_choices_doc(row, self.hub[0], index + 1)
 
     @cached_property
     def _pool(self) -> list[tuple[str, str]]:

@@ -10,22 +10,10 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-from ptr.errors import InputError
 from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, MultipleChoiceTask
+from ptr.evaluate.tasks.arc import hub_stem_choices_doc, stem_choices_doc
 from ptr.jsonl import iter_jsonl
-
-
-def csqa_doc(row: dict, where, line) -> Doc:
-    q = row.get("question")
-    if not isinstance(q, dict) or not isinstance(q.get("choices"), list) or "stem" not in q:
-        raise InputError(where, line, "expected {stem, choices: [{label, text}]}", field="question")
-    labels = [str(c.get("label")) for c in q["choices"]]
-    key = str(row.get("answerKey", ""))
-    if key not in labels:
-        raise InputError(where, line, f"{key!r} is not one of the choice labels {labels}", field="answerKey")
-    texts = [str(c.get("text", "")) for c in q["choices"]]
-    return MultipleChoiceTask.make_doc(str(row.get("id")), q["stem"], texts, labels.index(key))
 
 
 def parse_cot_prompt(path: Path) -> list[tuple[str, str]]:
@@ -52,23 +40,12 @@ class CommonsenseQA(MultipleChoiceTask):
     def load_local(self, data_dir: Path) -> list[Doc]:
         path = self.data_path(data_dir, "commonsenseqa", "dev_rand_split.jsonl")
         return [
-            csqa_doc(row, path, line) for line, row in iter_jsonl(path, required=("question", "answerKey"))
+            stem_choices_doc(row, path, line)
+            for line, row in iter_jsonl(path, required=("question", "answerKey"))
         ]
 
     def from_hub(self, index: int, row: dict) -> Doc:
-        choices = row["choices"]
-        as_local = {
-            "id": row["id"],
-            "answerKey": row["answerKey"],
-            "question": {
-                "stem": row["question"],
-                "choices": [
-                    {"label": lab, "text": t}
-                    for lab, t in zip(choices["label"], choices["text"], strict=True)
-                ],
-            },
-        }
-        return csqa_doc(as_local, self.hub[0], index + 1)
+        return hub_stem_choices_doc(row, self.hub[0], index + 1)
 
     @cached_property
     def _pool(self) -> list[tuple[str, str]]:
