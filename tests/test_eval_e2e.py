@@ -105,6 +105,15 @@ def test_score_only_rescores_saved_generations(two_rounds, tmp_path):
     expected = sum(r["rounds"][0]["score"] for r in rescored) / 6
     assert metrics["rounds"][0]["score"] == expected >= 2 / 6
 
+    # two files of one task would land on one name: refused before anything is written
+    other = tmp_path / "again" / "arith.predictions.jsonl"
+    other.parent.mkdir()
+    other.write_text(edited.read_text())
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
+    proc = run_ptr("eval", "--score_only", "--predictions", edited, other, "--no_plot")
+    assert proc.returncode == 2 and "task arith again" in proc.stderr and str(other) in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()} == before
+
 
 def test_cli_two_models_side_by_side(tmp_path):
     cfg = tmp_path / "config.json"

@@ -238,6 +238,13 @@ def score_predictions(
     """Re-extract and re-score saved generations with the current extractors (no model). Writes the
     re-scored predictions, metrics and summary to ``output_dir`` (default: beside the first file)."""
     loaded = [(Path(p), *read_predictions(p)) for p in paths]  # all input checked before any writing
+    first: dict[str, Path] = {}
+    for path, task_name, *_ in loaded:
+        if task_name in first:  # one folder holds one file per task: the second would overwrite the first
+            raise PtrError(
+                f"{path}: task {task_name} again (also in {first[task_name]}); re-score each in its own call"
+            )
+        first[task_name] = path
     out_dir = Path(output_dir) if output_dir else loaded[0][0].parent
     results = EvalResults(model or out_dir.name, out_dir)
     for _path, task_name, docs, outputs, prompts in loaded:
