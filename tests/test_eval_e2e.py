@@ -142,7 +142,8 @@ def test_cli_two_models_side_by_side(tmp_path):
     assert "| base | arith |" in proc.stdout and "| tuned | arith |" in proc.stdout
     for name in ("base", "tuned"):
         assert (out / name / "arith.predictions.jsonl").exists()
-    assert (out / "summary.md").exists() and (out / "summary.png").exists()
+    assert (out / "summary.md").exists() and (out / "summary.png").read_bytes().startswith(b"\x89PNG")
+    assert not list(out.glob(".*.tmp"))  # the plot is written under a temporary name, then renamed
     # same model, greedy: the two columns agree
     a = json.loads((out / "base" / "arith.metrics.json").read_text())
     b = json.loads((out / "tuned" / "arith.metrics.json").read_text())

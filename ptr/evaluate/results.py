@@ -175,39 +175,17 @@ def summary_markdown(results: list[EvalResults], note: str = "") -> str:
 
 
 def plot_scores(results: list[EvalResults], path: Path) -> Path | None:
-    """Score against round, one line per task (and model), with the confidence band."""
-    if not any(r.tasks for r in results):
+    """Score against round: one panel per task, one line per model, with the confidence band."""
+    tables = [
+        {**t.to_json(), "model": res.model if len(results) > 1 else None}
+        for res in results
+        for t in res.tasks.values()
+    ]
+    if not tables:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ptr.jsonl import atomic_path
+    from ptr.tracking.plots import score_vs_round
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for res in results:
-        for name, t in res.tasks.items():
-            pts = [r for r in t.rounds if r["score"] is not None]
-            if not pts:
-                continue
-            xs = [r["round"] for r in pts]
-            label = f"{res.model}: {name}" if len(results) > 1 else name
-            line = ax.plot(xs, [100 * r["score"] for r in pts], marker="o", label=label)[0]
-            ax.fill_between(
-                xs,
-                [100 * r["lo"] for r in pts],
-                [100 * r["hi"] for r in pts],
-                color=line.get_color(),
-                alpha=0.12,
-            )
-    ax.set_xlabel("round")
-    ax.set_ylabel("score (%)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_title("Score per refinement round")
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+        score_vs_round(tables, tmp)
     return path

@@ -28,34 +28,49 @@ def _grid(n: int, ncols: int = 3):
 
 
 def score_vs_round(tables: list[dict], out: Path | str) -> Path:
-    """One panel per task: the score of each round (95% interval shaded), with round 1 dashed.
+    """One panel per task: each model's score (in %) per round, 95% interval shaded; with a single
+    model, round 1 is drawn dashed across so that gains and losses read at a glance.
 
-    ``tables`` are evaluation reports ``{task, n, rounds: [{round, score, lo, hi}]}``.
+    ``tables`` are evaluation reports ``{task, n, rounds: [{round, score, lo, hi}]}`` (scores as
+    fractions), with an optional ``model`` naming the line when several models share a task.
     """
     tables = [t for t in tables if any(r.get("score") is not None for r in t.get("rounds", []))]
     if not tables:
         raise PtrError("no evaluation rounds to plot")
+    by_task: dict[str, list[dict]] = {}
+    for table in tables:
+        by_task.setdefault(str(table.get("task", "?")), []).append(table)
+    tasks = sorted(by_task)
     plt = _pyplot()
-    nrows, ncols = _grid(len(tables))
+    nrows, ncols = _grid(len(tasks), ncols=4 if len(tasks) > 9 else 3)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
-    ordered = sorted(tables, key=lambda t: str(t.get("task")))
-    for i, (ax, table) in enumerate(zip(axes.flat, ordered, strict=False)):
-        rounds = sorted((r for r in table["rounds"] if r.get("score") is not None), key=lambda r: r["round"])
-        xs = [r["round"] for r in rounds]
-        ys = [r["score"] for r in rounds]
-        ax.plot(xs, ys, marker="o", linewidth=2, alpha=0.8, color=f"C{i}")
-        if all(r.get("lo") is not None and r.get("hi") is not None for r in rounds):
-            ax.fill_between(
-                xs, [r["lo"] for r in rounds], [r["hi"] for r in rounds], alpha=0.2, color=f"C{i}"
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        group = by_task[task]
+        ticks: set[int] = set()
+        for i, table in enumerate(group):
+            rounds = sorted(
+                (r for r in table["rounds"] if r.get("score") is not None), key=lambda r: r["round"]
             )
-        ax.axhline(ys[0], linestyle="--", color="grey", linewidth=1)
-        n = f" (n={table['n']})" if table.get("n") is not None else ""
-        ax.set_title(f"{table.get('task', '?')}{n}")
+            xs = [r["round"] for r in rounds]
+            ys = [100 * r["score"] for r in rounds]
+            ticks.update(xs)
+            ax.plot(xs, ys, marker="o", linewidth=2, alpha=0.8, color=f"C{i}", label=table.get("model"))
+            if all(r.get("lo") is not None and r.get("hi") is not None for r in rounds):
+                lo, hi = [100 * r["lo"] for r in rounds], [100 * r["hi"] for r in rounds]
+                ax.fill_between(xs, lo, hi, alpha=0.15, color=f"C{i}")
+            if len(group) == 1:
+                ax.axhline(ys[0], linestyle="--", color="grey", linewidth=1)
+        if len(group) > 1:
+            ax.legend(fontsize=7, loc="best")
+        n = f" (n={group[0]['n']})" if group[0].get("n") is not None else ""
+        metric = f" · {group[0]['metric']}" if group[0].get("metric") else ""
+        ax.set_title(f"{task}{metric}{n}", fontsize=10)
         ax.set_xlabel("round")
-        ax.set_ylabel("score")
-        ax.set_xticks(xs)
+        ax.set_ylabel("score (%)")
+        ax.set_ylim(0, max(10.0, ax.get_ylim()[1]))  # flat zero lines get a readable axis
+        ax.set_xticks(sorted(ticks))
         ax.grid(True, linestyle=":", alpha=0.6)
-    return _save(plt, fig, axes, len(tables), out)
+    return _save(plt, fig, axes, len(tasks), out)
 
 
 def _save(plt, fig, axes, used: int, out: Path | str) -> Path:
@@ -64,7 +79,7 @@ def _save(plt, fig, axes, used: int, out: Path | str) -> Path:
         ax.axis("off")
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
     return out
 
