@@ -15,6 +15,22 @@ from pathlib import Path
 
 from ptr.errors import InputError
 
+try:  # a dependency of our dependencies; about 3x faster on the lines stages read by the million
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover
+    _fast_loads = None
+
+
+def loads(line: str):
+    """``json.loads``, through orjson when it is there. orjson is stricter (NaN, integers past 64 bits):
+    what it refuses, the standard parser decides, so results and error messages stay the standard ones."""
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(line)
+        except ValueError:
+            pass
+    return json.loads(line)
+
 
 def read_jsonl(path, *, required: tuple[str, ...] = (), any_of: tuple[str, ...] = ()) -> list[dict]:
     """Read a JSONL file whole; every line must be a JSON object.
@@ -45,7 +61,7 @@ def iter_jsonl(
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = loads(line)
             except json.JSONDecodeError as err:
                 raise InputError(path, lineno, f"invalid JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(record, dict):
