@@ -371,9 +371,7 @@ def test_eval_end_to_end_against_served_model(server, tmp_path):
         "--model_type",
         "kserve",
         "--endpoint",
-        server,
-        "--model_path",
-        "ptr",
+        server,  # no --model_path: the model is the one the server lists
         "--save_name",
         "served",
         *common,

@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {results.output_dir}", file=sys.stderr)
         return 0
 
+    if not args.model_path and args.model_type in ("openai", "kserve") and args.endpoint:
+        from ptr.evaluate.runner import served_model_name
+
+        args.model_path = [served_model_name(args.model_type, args.endpoint)]  # the server's only model
     if not args.model_path:
         raise PtrError("--model_path is required (or --score_only with --predictions)")
     models = parse_models(args.model_path)

@@ -67,6 +67,17 @@ def make_backend(config: EvalConfig):
     return KServeBackend(config.endpoint, config.model_path)
 
 
+def served_model_name(model_type: str, endpoint: str) -> str:
+    """The name of the model a server lists first (``--model_path`` left out for an HTTP model type)."""
+    from ptr.inference import load_backend
+
+    if model_type == "openai":
+        return load_backend("openai", None, endpoint=endpoint).model_name
+    from ptr.serve.client import KServeBackend
+
+    return KServeBackend(endpoint).model_name
+
+
 def resolve_format(config: EvalConfig, backend) -> str:
     """``auto``: the chat template where the model has one, else the plain ``Question: … Answer:`` text."""
     if config.format_type != "auto":
