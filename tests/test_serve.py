@@ -12,7 +12,7 @@ from ptr.inference.openai_backend import EndpointError, OpenAIBackend
 from ptr.serve.client import KServeBackend
 from tests.conftest import run_ptr
 from tests.support.procs import free_port
-from tests.support.serve import ptr_server
+from tests.support.serve import batch_metrics, ptr_server
 
 MAX_ROUNDS = 4
 MAX_INSTANCES = 8
@@ -254,7 +254,7 @@ def test_fifty_concurrent_requests_all_answered_correctly_and_batched(server, ti
     questions = [chat(f"What is {i} + {i}?") for i in range(10)]
     params = SamplingParams(max_new_tokens=5)
     expected = texts(refine(tiny_backend, questions, 2, params))
-    before = _batches(server)
+    before = batch_metrics(server)
 
     def ask(i):
         q = questions[i % len(questions)]
@@ -268,20 +268,10 @@ def test_fifty_concurrent_requests_all_answered_correctly_and_batched(server, ti
         answers = list(pool.map(ask, range(50)))
     for i, got in answers:
         assert got == expected[i % len(questions)], i
-    count, total = (a - b for a, b in zip(_batches(server), before, strict=True))
+    count, total = (a - b for a, b in zip(batch_metrics(server), before, strict=True))
     assert total == 100  # 50 requests x 2 rounds, each generation counted once
     assert count < total  # some generate calls served more than one request
     assert httpx.get(f"{server}/v2/health/live").status_code == 200
-
-
-def _batches(url):
-    count = total = 0.0
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("ptr_serve_batch_size_count"):
-            count = float(line.split()[-1])
-        elif line.startswith("ptr_serve_batch_size_sum"):
-            total = float(line.split()[-1])
-    return count, total
 
 
 def test_kserve_backend_refine_and_generate(server, tiny_backend):

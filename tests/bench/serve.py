@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from tests.support.serve import ptr_server  # noqa: E402
+from tests.support.serve import batch_metrics, ptr_server  # noqa: E402
 
 QUESTIONS = [
     f"A shop sells pencils at {p} cents each. How much do {n} pencils cost, in cents?"
@@ -36,16 +36,6 @@ def percentile(xs: list[float], q: float) -> float:
     k = (len(xs) - 1) * q
     lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
-def batch_metrics(url: str) -> tuple[float, float]:
-    count = total = 0.0
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("ptr_serve_batch_size_count"):
-            count = float(line.split()[-1])
-        elif line.startswith("ptr_serve_batch_size_sum"):
-            total = float(line.split()[-1])
-    return count, total
 
 
 def run_phase(url: str, questions: list[str], clients: int, rounds: int, max_new_tokens: int) -> dict:

@@ -26,3 +26,16 @@ def ptr_server(model: str = "tiny-random", *extra: str, log: Path | None = None,
         yield url
     finally:
         stop(proc, timeout=30)
+
+
+def batch_metrics(url: str) -> tuple[float, float]:
+    """``(generate calls, generations)`` so far, from the server's ``ptr_serve_batch_size`` histogram."""
+    import httpx
+
+    count = total = 0.0
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("ptr_serve_batch_size_count"):
+            count = float(line.split()[-1])
+        elif line.startswith("ptr_serve_batch_size_sum"):
+            total = float(line.split()[-1])
+    return count, total
