@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from ptr.inference import SamplingParams, refine
+from ptr.inference.kserve_client import KServeBackend
 from ptr.inference.openai_backend import EndpointError, OpenAIBackend
-from ptr.serve.client import KServeBackend
 from tests.conftest import run_ptr
 from tests.support.procs import free_port
 from tests.support.serve import batch_metrics, ptr_server

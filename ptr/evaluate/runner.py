@@ -21,7 +21,15 @@ from ptr.evaluate.results import (
     write_task_files,
 )
 from ptr.evaluate.task import Doc, Task
-from ptr.inference import SamplingParams, refine
+from ptr.inference import (
+    Backend,
+    BackendOptions,
+    SamplingParams,
+    check_format,
+    load_backend,
+    refine,
+    refine_prompt_for,
+)
 from ptr.jsonl import iter_jsonl
 
 PLAIN_STOP = ("\nQuestion:",)  # a plain-text prompt's answer ends where the model starts a new question
@@ -47,57 +55,44 @@ def build_tasks(config: EvalConfig) -> list[Task]:
     return tasks
 
 
-def make_backend(config: EvalConfig):
-    """The generation backend for ``config.model_type``."""
-    from ptr.inference import load_backend
+def backend_options(config: EvalConfig) -> BackendOptions:
+    return BackendOptions(dtype=config.dtype, batch_size=config.batch_size, endpoint=config.endpoint)
 
-    kind = config.model_type
-    if kind == "transformers":
-        return load_backend(
-            "transformers", config.model_path, dtype=config.dtype, batch_size=config.batch_size
-        )
-    if kind == "vllm":
-        return load_backend("vllm", config.model_path, dtype=None if config.dtype == "auto" else config.dtype)
-    if not config.endpoint:
-        raise PtrError(f"--model_type {kind} needs --endpoint (the server's base URL)")
-    if kind == "openai":
-        return load_backend("openai", config.model_path or None, endpoint=config.endpoint)
-    from ptr.serve.client import KServeBackend  # imported only here: ptr.serve wraps KServe
 
-    return KServeBackend(config.endpoint, config.model_path)
+def make_backend(config: EvalConfig) -> Backend:
+    """The generation backend for ``config.model_type`` (for a served model, ``model_path`` is its name
+    on the server)."""
+    return load_backend(config.model_type, config.model_path or None, backend_options(config))
 
 
 def served_model_name(model_type: str, endpoint: str) -> str:
     """The name of the model a server lists first (``--model_path`` left out for an HTTP model type)."""
-    from ptr.inference import load_backend
-
-    if model_type == "openai":
-        return load_backend("openai", None, endpoint=endpoint).model_name
-    from ptr.serve.client import KServeBackend
-
-    return KServeBackend(endpoint).model_name
+    return load_backend(model_type, None, BackendOptions(endpoint=endpoint)).model_name
 
 
-def resolve_format(config: EvalConfig, backend) -> str:
-    """``auto``: the chat template where the model has one, else the plain ``Question: … Answer:`` text."""
-    if config.format_type != "auto":
-        return config.format_type
-    tokenizer = getattr(backend, "tokenizer", None)
-    if tokenizer is not None:
-        return "chat" if getattr(tokenizer, "chat_template", None) else "default"
-    return "chat"  # served models (openai, kserve) take messages
+def resolve_format(config: EvalConfig, backend: Backend) -> str:
+    """``auto``: the chat template where the model has one, else the plain ``Question: … Answer:`` text;
+    a chat-trained model asked in the plain layout gets a warning."""
+    fmt = config.format_type
+    if fmt == "auto":
+        if backend.tokenizer is not None:
+            fmt = "chat" if getattr(backend.tokenizer, "chat_template", None) else "default"
+        else:
+            fmt = "chat"  # served models (openai, kserve) take messages
+    check_format(backend, fmt)
+    return fmt
 
 
-def check_context(backend, prompts: dict[str, list]) -> None:
+def check_context(backend: Backend, prompts: dict[str, list]) -> None:
     """Fail before generating anything when a prompt does not fit the model's context (where the
-    backend can tell: the transformers backend tokenizes locally)."""
-    encode, limit = getattr(backend, "encode", None), getattr(backend, "context_length", None)
-    if encode is None or not limit:
+    backend can tell: a local model's tokenizer)."""
+    limit = backend.context_length
+    if not limit:
         return
     for name, task_prompts in prompts.items():
         for i, prompt in enumerate(task_prompts):
-            n = len(encode(prompt))
-            if n + 1 > limit:
+            n = backend.prompt_tokens(prompt)
+            if n is not None and n + 1 > limit:
                 raise PtrError(
                     f"task {name}: question {i} makes a prompt of {n} tokens, more than the model's "
                     f"{limit}-token context; lower num_fewshots (or max_document_chars for xsum)"
@@ -118,12 +113,13 @@ def _params(config: EvalConfig, task: Task, fmt: str) -> SamplingParams:
         raise PtrError(str(err)) from None
 
 
-def _run_params(config: EvalConfig) -> dict:
+def _run_params(config: EvalConfig, refine_prompt: str | None) -> dict:
     keep = (
         "model_path model_type format_type tasks rounds max_new_tokens temperature top_p top_k seed "
-        "refine_prompt batch_size data_dir embedding_model"
+        "batch_size data_dir embedding_model"
     ).split()
     params = {k: getattr(config, k) for k in keep}
+    params["refine_prompt"] = refine_prompt or "(the server's default)"
     params["tasks"] = ",".join(config.tasks)
     for name, tc in config.task_configs.items():
         params[f"task.{name}"] = tc.model_dump_json(exclude_defaults=True)
@@ -143,6 +139,7 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
         task.prepare()
     if backend is None:
         backend = make_backend(config)
+    refine_prompt = refine_prompt_for(backend, config.refine_prompt)
     fmt = resolve_format(config, backend)
     prompts = {t.name: [t.prompt(d, fmt) for d in docs[t.name]] for t in tasks}
     params = {t.name: _params(config, t, fmt) for t in tasks}
@@ -152,7 +149,7 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
     out_dir = Path(config.output_path) / config.folder_name()
     results = EvalResults(model, out_dir)
     with tracking.stage_run(
-        "eval", _run_params(config), tags=tracking.describe_model(config.model_path)
+        "eval", _run_params(config, refine_prompt), tags=tracking.describe_model(config.model_path)
     ) as run:
         for task in tasks:
             task_docs, task_prompts = docs[task.name], prompts[task.name]
@@ -164,7 +161,7 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
                     task_prompts,
                     config.rounds,
                     params[task.name],
-                    refine_prompt=config.refine_prompt,
+                    refine_prompt=refine_prompt,
                     progress=bar.update,
                 )
             outputs = [[c[r].text for c in completions] for r in range(config.rounds)]
