@@ -10,6 +10,7 @@ import pytest
 from ptr.errors import PtrError
 from ptr.evaluate import EvalConfig, TaskConfig, evaluate
 from ptr.evaluate.extract import final_number, same_number
+from ptr.prompts import REFINE_PROMPT
 from tests.conftest import run_ptr
 
 
@@ -79,11 +80,29 @@ def test_two_round_run_writes_documented_files(two_rounds):
 
 
 def test_refine_rounds_continue_the_conversation(two_rounds, tiny_backend):
+    """Round 2 is asked the round-1 conversation, the round-1 answer as the assistant's turn and the
+    refine prompt as the next user turn."""
     out, _ = two_rounds
-    chat = evaluate(_config(out, save_name="chat", rounds=1), backend=tiny_backend)
-    rec = _lines(chat.output_dir / "arith.predictions.jsonl")[0]
-    assert rec["prompt"][-1]["role"] == "user" and "The answer is N." in rec["prompt"][-1]["content"]
-    assert len(rec["rounds"]) == 1
+    asked = []
+
+    class Recording(type(tiny_backend)):
+        def generate(self, conversations, params, **kwargs):
+            asked.append(list(conversations))
+            return super().generate(conversations, params, **kwargs)
+
+    backend = Recording(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, batch_size=4)
+    chat = evaluate(_config(out, save_name="chat", format_type="chat"), backend=backend)
+    records = _lines(chat.output_dir / "arith.predictions.jsonl")
+    assert len(asked) == 2  # one generate call per round (six questions fit one chunk)
+    for rec, first, second in zip(records, asked[0], asked[1], strict=True):
+        assert rec["prompt"][-1]["role"] == "user" and "The answer is N." in rec["prompt"][-1]["content"]
+        assert [r["round"] for r in rec["rounds"]] == [1, 2]
+        assert first == rec["prompt"]
+        assert second == [
+            *rec["prompt"],
+            {"role": "assistant", "content": rec["rounds"][0]["output"].strip()},
+            {"role": "user", "content": REFINE_PROMPT},
+        ]
 
 
 def test_score_only_rescores_saved_generations(two_rounds, tmp_path):
@@ -219,9 +238,11 @@ def test_tracking_logs_metrics_and_files(tmp_path, monkeypatch, tiny_backend):
 
 
 @pytest.mark.slow
-def test_served_model_over_http_scores_like_the_local_one(tmp_path, tiny_backend):
+def test_served_model_over_http_scores_like_the_local_one(tmp_path, tiny_backend, tiny_path):
     """--model_type openai against a real HTTP server (tests/support/openai_server.py) serving the same
-    tiny model: the same greedy answers, so the same scores."""
+    tiny model: the greedy answers of transformers' own generate (tests/support/hf_oracle.py, no ptr
+    code), so the same scores as local evaluation."""
+    from tests.support.hf_oracle import greedy_rounds
     from tests.support.procs import free_port, start, stop, wait_http
 
     port = free_port()
@@ -242,7 +263,9 @@ def test_served_model_over_http_scores_like_the_local_one(tmp_path, tiny_backend
     local = evaluate(_config(tmp_path, save_name="local", format_type="chat"), backend=tiny_backend)
     a = _lines(remote.output_dir / "arith.predictions.jsonl")
     b = _lines(local.output_dir / "arith.predictions.jsonl")
-    assert [[r["output"] for r in x["rounds"]] for x in a] == [[r["output"] for r in x["rounds"]] for x in b]
+    expected = greedy_rounds(tiny_path, [x["prompt"] for x in a], 2, 12, REFINE_PROMPT)
+    assert [[r["output"] for r in x["rounds"]] for x in a] == expected
+    assert [[r["output"] for r in x["rounds"]] for x in b] == expected
     assert remote.tasks["arith"].rounds == local.tasks["arith"].rounds
 
 
