@@ -68,7 +68,9 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: list[dict] = []
 
     def do_GET(self):  # noqa: N802
-        type(self).seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}})
+        type(self).seen.append(
+            {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+        )
         body = json.dumps({"experiments": [], "total_size": 0}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
