@@ -27,8 +27,9 @@ from ptr.data.filters import FilterConfig
 from ptr.data.models import BackendName, ModelPool
 from ptr.data.queries import query_id
 from ptr.errors import InputError, PtrError, cli_errors
-from ptr.jsonl import append_jsonl, iter_jsonl, repair_jsonl, write_json
+from ptr.jsonl import append_jsonl, repair_jsonl, write_json
 from ptr.prompts import FINAL_ANSWER_INSTRUCTION, REFINE_PROMPT
+from ptr.records import iter_jsonl
 
 __all__ = ["ThoughtsConfig", "final_answer_conversation", "main", "run_thoughts", "summarize"]
 

@@ -30,7 +30,7 @@ from ptr.inference import (
     refine,
     refine_prompt_for,
 )
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 PLAIN_STOP = ("\nQuestion:",)  # a plain-text prompt's answer ends where the model starts a new question
 

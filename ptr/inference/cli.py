@@ -15,7 +15,8 @@ from ptr.inference import (
     refine_prompt_for,
     validate_conversation,
 )
-from ptr.jsonl import iter_jsonl, write_jsonl
+from ptr.jsonl import write_jsonl
+from ptr.records import iter_jsonl
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
