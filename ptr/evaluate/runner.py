@@ -7,6 +7,7 @@ score outputs. Every input is loaded and checked before the model loads or any f
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ptr.errors import InputError, PtrError
@@ -196,10 +197,23 @@ def finish(results: EvalResults, plot: bool, note: str = "") -> None:
 # -- re-scoring saved generations -----------------------------------------------------------------
 
 
-def read_predictions(path) -> tuple[str, list[Doc], list[list[str]], list]:
-    """``(task, docs, outputs[r][i], prompts)`` from a predictions file; errors name file:line:field."""
+@dataclass
+class SavedPredictions:
+    """A predictions file as read back: per question its doc (``data`` None where the line has no
+    ``doc``) and the line it came from, and per round every question's output."""
+
+    path: Path
+    task: str
+    docs: list[Doc]
+    lines: list[int]
+    outputs: list[list[str]]  # outputs[r][i]
+    prompts: list
+
+
+def read_predictions(path) -> SavedPredictions:
+    """A predictions file, checked; errors name file:line:field."""
     path = Path(path)
-    task_name, docs, per_doc, prompts = None, [], [], []
+    task_name, docs, lines, per_doc, prompts = None, [], [], [], []
     for line, rec in iter_jsonl(path, required=("task", "id", "rounds")):
         if task_name is None:
             task_name = rec["task"]
@@ -219,17 +233,49 @@ def read_predictions(path) -> tuple[str, list[Doc], list[list[str]], list]:
             raise InputError(
                 path, line, f"{len(outs)} rounds where earlier lines have {len(per_doc[0])}", field="rounds"
             )
-        doc_data = rec.get("doc") or {}
-        if not isinstance(doc_data, dict):
+        doc_data = rec.get("doc")
+        if doc_data is not None and not isinstance(doc_data, dict):
             raise InputError(path, line, "expected an object", field="doc")
         docs.append(Doc(str(rec["id"]), "", rec.get("gold"), doc_data))
+        lines.append(line)
         per_doc.append(outs)
         prompts.append(rec.get("prompt"))
     if task_name is None:
         raise InputError(path, None, "no predictions in the file")
     get_task(task_name)
     outputs = [[outs[r] for outs in per_doc] for r in range(len(per_doc[0]))]
-    return task_name, docs, outputs, prompts
+    return SavedPredictions(path, task_name, docs, lines, outputs, prompts)
+
+
+def complete_docs(task: Task, saved: SavedPredictions) -> list[Doc]:
+    """Every saved question with what scoring needs. A line without its ``doc`` (or without a field
+    the task scores with) is looked up by id where the task's data is at hand, else scored without it
+    where the task can (MMLU by the letters A-D), else it stops the run naming ``file:line: doc``."""
+    docs = [d if d.data is not None else Doc(d.id, d.question, d.gold, {}) for d in saved.docs]
+    missing = [i for i, d in enumerate(docs) if any(f not in d.data for f in task.doc_fields)]
+    found = task.lookup({docs[i].id for i in missing}) if missing and task.data_at_hand() else None
+    for i in missing:
+        doc, line = docs[i], saved.lines[i]
+        known = found.get(doc.id) if found is not None else None
+        if known is not None:
+            docs[i] = Doc(doc.id, known.question, known.gold if doc.gold is None else doc.gold, known.data)
+            continue
+        fallback = task.doc_without_data(doc.id, doc.gold)
+        if fallback is not None:
+            docs[i] = fallback
+        elif found is not None:
+            raise InputError(
+                saved.path, line, f"no question {doc.id!r} in task {task.name}'s data", field="id"
+            )
+        else:
+            raise InputError(
+                saved.path,
+                line,
+                f"missing (task {task.name} scores with its {', '.join(task.doc_fields)}); give --data_dir "
+                "(or PTR_DATA_DIR) to look the question up by id",
+                field="doc",
+            )
+    return docs
 
 
 def score_predictions(
@@ -237,6 +283,7 @@ def score_predictions(
     *,
     output_dir=None,
     task_configs: dict[str, TaskConfig] | None = None,
+    data_dir=None,
     seed: int = 0,
     n_boot: int = 1000,
     embedding_model: str = "minilm",
@@ -244,24 +291,31 @@ def score_predictions(
     model: str | None = None,
 ) -> EvalResults:
     """Re-extract and re-score saved generations with the current extractors (no model). Writes the
-    re-scored predictions, metrics and summary to ``output_dir`` (default: beside the first file)."""
-    loaded = [(Path(p), *read_predictions(p)) for p in paths]  # all input checked before any writing
+    re-scored predictions, metrics and summary to ``output_dir`` (default: beside the first file).
+    ``data_dir``: where lines without their ``doc`` are looked up."""
+    loaded = [read_predictions(p) for p in paths]
     first: dict[str, Path] = {}
-    for path, task_name, *_ in loaded:
-        if task_name in first:  # one folder holds one file per task: the second would overwrite the first
+    for saved in loaded:
+        if saved.task in first:  # one folder holds one file per task: the second would overwrite the first
             raise PtrError(
-                f"{path}: task {task_name} again (also in {first[task_name]}); re-score each in its own call"
+                f"{saved.path}: task {saved.task} again (also in {first[saved.task]}); re-score each in its own call"
             )
-        first[task_name] = path
-    out_dir = Path(output_dir) if output_dir else loaded[0][0].parent
+        first[saved.task] = saved.path
+    tasks = {
+        s.task: get_task(s.task)(
+            (task_configs or {}).get(s.task), data_dir=data_dir, seed=seed, embedding_model=embedding_model
+        )
+        for s in loaded
+    }
+    docs = {s.task: complete_docs(tasks[s.task], s) for s in loaded}  # all input checked before any writing
+    out_dir = Path(output_dir) if output_dir else loaded[0].path.parent
     results = EvalResults(model or out_dir.name, out_dir)
-    for _path, task_name, docs, outputs, prompts in loaded:
-        cls = get_task(task_name)
-        task = cls((task_configs or {}).get(task_name), seed=seed, embedding_model=embedding_model)
-        scored = [task.score_outputs(outs, docs) for outs in outputs]
+    for saved in loaded:
+        task, task_docs = tasks[saved.task], docs[saved.task]
+        scored = [task.score_outputs(outs, task_docs) for outs in saved.outputs]
         result = summarize(task, scored, seed=seed, n_boot=n_boot)
-        results.tasks[task_name] = result
-        records = prediction_records(task_name, docs, prompts, outputs, scored)
+        results.tasks[saved.task] = result
+        records = prediction_records(saved.task, task_docs, saved.prompts, saved.outputs, scored)
         results.files += write_task_files(out_dir, result, records, texts=True, metrics=True)
     finish(results, plot, note="re-scored from saved predictions")
     return results
