@@ -93,6 +93,7 @@ def test_a_backend_without_optional_capabilities_gets_safe_defaults():
     echo = Echo()
     assert echo.fits(chat("x" * 100_000)) and echo.prompt_tokens(chat("x")) is None
     assert echo.session() is None and echo.provenance() == {} and echo.tokenizer is None
+    assert echo.chat_template is None
     seen = []
     out = refine(
         echo,

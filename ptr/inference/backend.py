@@ -10,7 +10,7 @@ backend's name, another object's internals):
   attention cache between calls (the transformers backend); None where it keeps none of its own.
 * ``refine(...)``: all refinement rounds. The default asks, then asks to refine, turn by turn through
   ``generate`` (with a session where the backend offers one); a served model runs the rounds itself.
-* ``tokenizer`` (the model's, where it is at hand), ``provenance()`` (the model's training record,
+* ``tokenizer`` and ``chat_template`` (the model's, where at hand), ``provenance()`` (the model's training record,
   ``ptr_train.json``, where it is at hand), ``max_stop_strings`` (an API's limit), ``close()``.
 
 Streaming (tokens as they come) would be one more capability here with a default that yields the whole
@@ -109,6 +109,11 @@ class Backend(ABC):
         """Whether the prompt leaves room for at least one new token (True where unknown)."""
         n = self.prompt_tokens(conversation)
         return n is None or self.context_length is None or n + 1 <= self.context_length
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's chat template, where its tokenizer is at hand and has one."""
+        return getattr(self.tokenizer, "chat_template", None) or None
 
     def session(self) -> PrefixSession | None:
         """A session for conversations that will continue, or None where the backend keeps no state
