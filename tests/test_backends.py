@@ -104,14 +104,16 @@ def test_a_backend_without_optional_capabilities_gets_safe_defaults():
     seen = []
     out = refine(
         echo,
-        [chat("Q1"), chat("Q2")],
+        [chat("Q1"), chat("Q2")] * 40,
         3,
         SamplingParams(),
         refine_prompt="Again.",
+        chunk_size=64,
         on_round=lambda k, i, o: seen.append(k),
     )
-    assert [[c.text for c in r] for r in out] == [["  answer 1\n", "  answer 2\n", "  answer 3\n"]] * 2
+    assert [[c.text for c in r] for r in out] == [["  answer 1\n", "  answer 2\n", "  answer 3\n"]] * 80
     assert seen == [1, 2, 3] and all(call["session"] is None for call in echo.calls)
+    assert len(echo.calls) == 3  # no caches kept between rounds: no chunks, one call per round
     # round 3 is asked the whole conversation: each answer, cleaned, then the refine turn
     assert echo.calls[2]["conversations"][0] == [
         *chat("Q1"),

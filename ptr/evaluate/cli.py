@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ptr.errors import PtrError, cli_errors  # noqa: E402
 from ptr.evaluate.config import FORMAT_TYPES, MODEL_TYPES, EvalConfig, default_model_name, load_task_configs  # noqa: E402
+from ptr.inference.cli import add_engine_memory_args  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    add_engine_memory_args(p)
     p.add_argument(
         "--embedding_model", default="minilm", help="XSum similarity: minilm (offline) or e.g. BAAI/bge-m3"
     )
@@ -124,6 +126,8 @@ def _config(args, model_name: str | None, model_path: str, task_configs, several
             refine_prompt=args.refine_prompt,
             batch_size=args.batch_size,
             dtype=args.dtype,
+            kv_cache_gib=args.kv_cache_gib,
+            gpu_memory_share=args.gpu_memory_share,
             embedding_model=args.embedding_model,
             bootstrap=args.bootstrap,
             plot=not args.no_plot,

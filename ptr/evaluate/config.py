@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ptr.errors import InputError, PtrError
-from ptr.inference import BACKENDS
+from ptr.inference import BACKENDS, BackendOptions
 
 MODEL_TYPES = BACKENDS
 FORMAT_TYPES = ("auto", "default", "chat")
@@ -69,6 +69,8 @@ class EvalConfig(BaseModel):
     )
     batch_size: int = Field(default=16, ge=1)
     dtype: str = "auto"
+    kv_cache_gib: float | None = Field(default=BackendOptions.kv_cache_gib, gt=0)  # vllm: its memory
+    gpu_memory_share: float = Field(default=BackendOptions.gpu_memory_share, gt=0, le=1)
     embedding_model: str = "minilm"
     bootstrap: int = Field(default=1000, ge=10)
     plot: bool = True

@@ -57,7 +57,13 @@ def build_tasks(config: EvalConfig) -> list[Task]:
 
 
 def backend_options(config: EvalConfig) -> BackendOptions:
-    return BackendOptions(dtype=config.dtype, batch_size=config.batch_size, endpoint=config.endpoint)
+    return BackendOptions(
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+        endpoint=config.endpoint,
+        kv_cache_gib=config.kv_cache_gib,
+        gpu_memory_share=config.gpu_memory_share,
+    )
 
 
 def make_backend(config: EvalConfig) -> Backend:

@@ -16,15 +16,21 @@ backend's name, another object's internals):
 * ``generate_stream(..., on_text)``: ``generate``, also handing out each conversation's text piece by
   piece as it is decoded (a server streams it to its client). ``streams`` says whether the pieces come
   as tokens are made; the default hands each completion's whole text over once it is done.
+* ``continuous`` and ``agenerate(conversation, ...)``: one generation awaited from an event loop. A
+  ``continuous`` backend schedules its own requests (vLLM's asynchronous engine: each joins the running
+  batch), so a server hands generations over as they arrive; the default runs ``generate`` in a thread,
+  and a server batches such a backend itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ptr.errors import PtrError
 from ptr.inference.types import Completion, Conversation, SamplingParams, continue_conversation
 from ptr.prompts import REFINE_PROMPT
 
@@ -42,6 +48,17 @@ class BackendOptions:
     batch_size: int = 16  # rows per forward pass (transformers); concurrent requests (HTTP backends)
     device: str | None = None  # transformers: cpu, cuda, … (None: cuda where there is one)
     endpoint: str | None = None  # base URL of a served model (HTTP backends)
+    # vLLM's memory: the KV cache in GiB (None: 1 GiB on a CPU; on a GPU what gpu_memory_share leaves
+    # after the weights), and on a GPU this engine's share of the device (weights, activations, cache)
+    kv_cache_gib: float | None = None
+    gpu_memory_share: float = 0.85
+    serving: bool = False  # requests arrive one at a time (ptr serve): vLLM runs its asynchronous engine
+
+    def __post_init__(self):
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
+            raise PtrError(f"kv_cache_gib: {self.kv_cache_gib}; must be more than 0 GiB")
+        if not 0 < self.gpu_memory_share <= 1:
+            raise PtrError(f"gpu_memory_share: {self.gpu_memory_share}; must be in (0, 1]")
 
 
 class PrefixSession:
@@ -80,6 +97,7 @@ class Backend(ABC):
     context_length: int | None = None
     max_stop_strings: int | None = None  # None: no limit
     streams: ClassVar[bool] = False  # generate_stream hands out text as it is decoded
+    continuous: bool = False  # generations handed over one by one join a running batch (agenerate)
 
     @classmethod
     @abstractmethod
@@ -124,6 +142,22 @@ class Backend(ABC):
                 on_text(i, out.text)
         return outs
 
+    async def agenerate(
+        self,
+        conversation: Conversation,
+        params: SamplingParams,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Completion:
+        """One completion, awaited from an event loop; ``on_text(piece)`` (called in any thread) gets its
+        text as ``generate_stream`` hands it out. Here: ``generate`` in a worker thread, unbatched."""
+        if on_text is None:
+            (out,) = await asyncio.to_thread(self.generate, [conversation], params)
+        else:
+            (out,) = await asyncio.to_thread(
+                self.generate_stream, [conversation], params, lambda _i, piece: on_text(piece)
+            )
+        return out
+
     def prompt_tokens(self, conversation: Conversation) -> int | None:
         """How many tokens the prompt is, or None where the backend cannot tell."""
         return None
@@ -161,11 +195,14 @@ class Backend(ABC):
         """Per conversation, its completions for rounds 1..R: answer, then ask to refine (the previous
         answer as an assistant turn, ``refine_prompt`` as the next user turn; None: the paper's).
 
-        Conversations go through in chunks of ``chunk_size`` (all rounds of a chunk before the next)
-        so kept caches stay bounded. ``on_round(k, indices, completions)`` is called as each round of
+        Where the backend keeps caches between rounds (a session), conversations go through in chunks
+        of ``chunk_size`` (all rounds of a chunk before the next) so kept caches stay bounded; else
+        all at once. ``on_round(k, indices, completions)`` is called as each round of
         each chunk finishes."""
         prompt = refine_prompt or REFINE_PROMPT
         results: list[list[Completion]] = [[] for _ in conversations]
+        if rounds == 1 or self.session() is None:  # nothing kept between rounds: let it batch all at once
+            chunk_size = max(chunk_size, len(conversations))
         for start in range(0, len(conversations), chunk_size):
             indices = list(range(start, min(start + chunk_size, len(conversations))))
             current = [conversations[i] for i in indices]

@@ -28,6 +28,24 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 256
     parser.add_argument("--seed", type=int, default=0)
 
 
+def add_engine_memory_args(parser: argparse.ArgumentParser) -> None:
+    """vLLM's memory budget (ptr.inference.vllm_backend), for every command that can run vLLM."""
+    parser.add_argument(
+        "--kv_cache_gib",
+        type=float,
+        default=BackendOptions.kv_cache_gib,
+        help="vllm: KV-cache budget in GiB (default: 1 on a CPU; on a GPU what --gpu_memory_share "
+        "leaves after the weights)",
+    )
+    parser.add_argument(
+        "--gpu_memory_share",
+        type=float,
+        default=BackendOptions.gpu_memory_share,
+        help="vllm on a GPU: this engine's share of the device's memory (two engines on one GPU: "
+        "about 0.4 each)",
+    )
+
+
 def sampling_from_args(args) -> SamplingParams:
     try:
         return SamplingParams(
@@ -62,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
         "--batch_size", type=int, default=16, help="rows per batch (concurrent requests over HTTP)"
     )
     p.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    add_engine_memory_args(p)
     add_sampling_args(p)
     return p
 
@@ -96,7 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     params = sampling_from_args(args)
     if args.input:
         records, conversations = _load_batch(args.input)  # validate everything before loading a model
-    options = BackendOptions(dtype=args.dtype, batch_size=args.batch_size, endpoint=args.endpoint)
+    options = BackendOptions(
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        endpoint=args.endpoint,
+        kv_cache_gib=args.kv_cache_gib,
+        gpu_memory_share=args.gpu_memory_share,
+    )
     backend = load_backend(args.backend, args.model_path, options)
     refine_prompt = refine_prompt_for(backend, args.refine_prompt)
 

@@ -4,26 +4,100 @@ Automatic prefix caching is on, so refinement rounds and shared few-shot prefixe
 cache inside vLLM (no :class:`~ptr.inference.backend.PrefixSession` of ours). Generation stops at the
 chat template's end-of-turn token (``stop_token_ids``) as well as at the model's EOS: a base model
 trained on chat data would otherwise run past its turn.
+
+Memory is sized from what the job needs, not from the machine. On a CPU, vLLM's own default reserves
+85% of the node's memory (its ``gpu_memory_utilization`` means the node's memory there) and refuses to
+start beside anything that holds more than the rest; here the KV cache gets ``kv_cache_gib`` (default
+:data:`CPU_KV_CACHE_GIB`). On a GPU the engine takes ``gpu_memory_share`` of the device (weights,
+activations and KV cache), or with ``kv_cache_gib`` exactly that much KV cache. The budget is checked
+against free memory before the engine starts, and an engine that fails to start says which budget it
+had and which setting changes it.
+
+Two engines: ``vllm.LLM`` for batch jobs (evaluation, refinement: all prompts in one call), and with
+``BackendOptions(serving=True)`` (``ptr serve``) vLLM's asynchronous engine, on an event loop of its
+own: each generation is submitted as it arrives and joins the running batch (continuous batching, as
+vLLM's own server does), and its text streams as it is decoded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
 from ptr.chat import end_of_turn_ids
 from ptr.errors import PtrError
-from ptr.inference.backend import Backend, BackendOptions
+from ptr.inference.backend import Backend, BackendOptions, OnText
 from ptr.inference.types import Completion, Conversation, SamplingParams
 from ptr.models import resolve
 from ptr.models.provenance import read_provenance
 
+GiB = 1 << 30
+# The KV cache on a CPU unless the job asks for more: 46k tokens of SmolLM2-135M, 8k of Qwen2-0.5B.
+CPU_KV_CACHE_GIB = 1.0
+
+
+def _weights_bytes(path: str) -> int:
+    return sum(p.stat().st_size for p in Path(path).glob("*.safetensors")) if Path(path).is_dir() else 0
+
+
+def memory_plan(path: str, kv_cache_gib: float | None, gpu_memory_share: float, *, on_cpu: bool) -> dict:
+    """vLLM's memory arguments for this job, after checking that the machine has them free now.
+
+    Raises :class:`PtrError` naming the setting to change when it does not."""
+    if on_cpu:
+        import psutil
+
+        kv = int((kv_cache_gib or CPU_KV_CACHE_GIB) * GiB)
+        need, free = kv + _weights_bytes(path), psutil.virtual_memory().available
+        if need > free:
+            raise PtrError(
+                f"vLLM needs {need / GiB:.1f} GiB of memory ({kv / GiB:.1f} GiB KV cache, set by "
+                f"--kv_cache_gib, plus the weights); {free / GiB:.1f} GiB is available: lower "
+                "--kv_cache_gib or stop what holds the memory"
+            )
+        return {"kv_cache_memory_bytes": kv}
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    share = gpu_memory_share * total
+    if kv_cache_gib is None and share > free:
+        raise PtrError(
+            f"vLLM's share of the GPU (--gpu_memory_share {gpu_memory_share}: {share / GiB:.1f} GiB) is more "
+            f"than is free ({free / GiB:.1f} of {total / GiB:.1f} GiB; another engine on this GPU?): "
+            "lower --gpu_memory_share, or give each engine its share"
+        )
+    plan = {"gpu_memory_utilization": gpu_memory_share}
+    if kv_cache_gib is not None:
+        plan["kv_cache_memory_bytes"] = int(kv_cache_gib * GiB)
+    return plan
+
+
+def _describe(plan: dict) -> str:
+    if "kv_cache_memory_bytes" in plan:
+        return f"a {plan['kv_cache_memory_bytes'] / GiB:.2g} GiB KV cache (--kv_cache_gib)"
+    return f"{plan['gpu_memory_utilization']} of the GPU's memory (--gpu_memory_share)"
+
 
 class VLLMBackend(Backend):
     name = "vllm"
+    streams = True
 
     def __init__(
-        self, model_ref, *, dtype: str | None = None, gpu_memory_utilization: float = 0.85, **kwargs
+        self,
+        model_ref,
+        *,
+        dtype: str | None = None,
+        kv_cache_gib: float | None = None,
+        gpu_memory_share: float = BackendOptions.gpu_memory_share,
+        serving: bool = False,
+        **engine_args,
     ):
         try:
             import vllm  # heavy, and only installed where this backend is used
+            from vllm.platforms import current_platform
         except ImportError as err:
             raise PtrError(
                 "the vllm backend needs vLLM: `pip install 'ptr[vllm]'` on GPU, "
@@ -31,27 +105,45 @@ class VLLMBackend(Backend):
             ) from err
         path = resolve(model_ref)
         self.model_name = str(model_ref)
-        self.llm = vllm.LLM(
-            model=path,
-            dtype=dtype or "auto",
-            enable_prefix_caching=True,
-            gpu_memory_utilization=gpu_memory_utilization,
-            **kwargs,
-        )
-        self.tokenizer = self.llm.get_tokenizer()
-        self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
+        plan = memory_plan(path, kv_cache_gib, gpu_memory_share, on_cpu=current_platform.is_cpu())
+        args = {"model": path, "dtype": dtype or "auto", "enable_prefix_caching": True, **plan, **engine_args}
+        self.continuous = serving
+        try:
+            if serving:
+                self._start_engine(args)
+                config = self.engine.model_config
+            else:
+                self.llm = vllm.LLM(**args)
+                config = self.llm.llm_engine.model_config
+        except Exception as err:
+            raise PtrError(
+                f"vLLM could not start {model_ref} with {_describe(plan)}: {err} "
+                "(the engine's own log above says more)"
+            ) from err
+        self.tokenizer = self.engine.get_tokenizer() if serving else self.llm.get_tokenizer()
+        self.context_length = int(config.max_model_len)
         self.stop_token_ids = sorted(end_of_turn_ids(self.tokenizer, path))
         self._provenance = read_provenance(path)
 
     @classmethod
     def from_options(cls, model_ref, options: BackendOptions) -> VLLMBackend:
-        return cls(model_ref, dtype=None if options.dtype == "auto" else options.dtype)
+        return cls(
+            model_ref,
+            dtype=None if options.dtype == "auto" else options.dtype,
+            kv_cache_gib=options.kv_cache_gib,
+            gpu_memory_share=options.gpu_memory_share,
+            serving=options.serving,
+        )
 
     def prompt_tokens(self, conversation: Conversation) -> int:
+        return len(self._prompt_ids(conversation))
+
+    def _prompt_ids(self, conversation: Conversation) -> list[int]:
+        """The prompt's ids, as ``LLM.chat`` / ``LLM.generate`` build them."""
         if isinstance(conversation, str):
-            return len(self.tokenizer(conversation).input_ids)
+            return self.tokenizer(conversation).input_ids
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def provenance(self) -> dict:
         return self._provenance
@@ -70,6 +162,8 @@ class VLLMBackend(Backend):
         }
 
     def generate(self, conversations, params: SamplingParams, *, progress=None, **_) -> list[Completion]:
+        if self.continuous:
+            return self._generate_on_engine(conversations, params, None, progress)
         import vllm
 
         sampling = vllm.SamplingParams(**self.sampling_options(params))
@@ -97,3 +191,89 @@ class VLLMBackend(Backend):
         if progress is not None:
             progress(len(conversations))
         return results
+
+    def generate_stream(self, conversations, params, on_text: OnText, *, progress=None, **kw):
+        if not self.continuous:  # the offline engine hands back whole completions
+            return super().generate_stream(conversations, params, on_text, progress=progress, **kw)
+        return self._generate_on_engine(conversations, params, on_text, progress)
+
+    # -- the asynchronous engine (serving) -------------------------------------------------------
+
+    def _start_engine(self, args: dict) -> None:
+        """vLLM's AsyncLLM, made on (and bound to) an event loop in a thread of its own, so callers on
+        any loop or thread can submit to it."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="ptr-vllm-engine", daemon=True).start()
+
+        async def make():
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+
+        try:
+            self.engine = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            raise
+
+    def _sampling(self, params: SamplingParams, stream: bool):
+        import vllm
+        from vllm.sampling_params import RequestOutputKind
+
+        kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        return vllm.SamplingParams(**self.sampling_options(params), output_kind=kind)
+
+    def _checked_ids(self, conversation: Conversation) -> list[int]:
+        ids = self._prompt_ids(conversation)
+        if len(ids) + 1 > self.context_length:
+            raise ValueError(
+                f"the prompt is {len(ids)} tokens; the model's context is {self.context_length} tokens, "
+                "which leaves no room for an answer"
+            )
+        return ids
+
+    async def _run(self, ids: list[int], sampling, on_text: Callable[[str], None] | None) -> Completion:
+        """One request on the engine's loop; with ``on_text`` its text as it is decoded."""
+        pieces, tokens, finish = [], 0, None
+        async for out in self.engine.generate({"prompt_token_ids": ids}, sampling, uuid.uuid4().hex):
+            c = out.outputs[0]
+            if c.text:
+                pieces.append(c.text)
+                if on_text is not None:
+                    on_text(c.text)
+            tokens += len(c.token_ids)  # deltas (streaming) or everything at once (final only)
+            finish = c.finish_reason
+        return Completion(
+            text="".join(pieces),
+            prompt_tokens=len(ids),
+            completion_tokens=tokens,
+            finish_reason="length" if finish == "length" else "stop",
+        )
+
+    async def agenerate(self, conversation, params, on_text=None) -> Completion:
+        ids = self._checked_ids(conversation)
+        job = self._run(ids, self._sampling(params, on_text is not None), on_text)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(job, self._loop))
+
+    def _generate_on_engine(self, conversations, params, on_text: OnText | None, progress):
+        ids = [self._checked_ids(c) for c in conversations]
+        sampling = self._sampling(params, on_text is not None)
+
+        async def run_all():
+            jobs = [
+                self._run(x, sampling, None if on_text is None else (lambda p, i=i: on_text(i, p)))
+                for i, x in enumerate(ids)
+            ]
+            return await asyncio.gather(*jobs)
+
+        results = asyncio.run_coroutine_threadsafe(run_all(), self._loop).result()
+        if progress is not None:
+            progress(len(conversations))
+        return list(results)
+
+    def close(self) -> None:
+        if self.continuous and self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None  # its __del__ shuts down again: now, not during interpreter exit
+            self._loop.call_soon_threadsafe(self._loop.stop)

@@ -1,5 +1,10 @@
 """Dynamic batching: generations from concurrent requests run as one ``backend.generate`` call.
 
+(A backend that batches by itself, ``Backend.continuous`` — vLLM's asynchronous engine — gets
+:class:`EngineQueue` instead: every generation is handed over as it arrives and joins the engine's
+running batch; :func:`scheduler_for` picks. Both run a request's rounds the same way,
+:meth:`Scheduler.refine`.)
+
 Each request submits one job per conversation per round. A single worker thread runs the model; while
 it is busy, new jobs queue up. The collector takes the first queued job, then gathers more until the
 batch holds ``max_batch_size`` jobs or ``max_wait_ms`` has passed, splits the batch by sampling
@@ -26,6 +31,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +39,14 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
-from ptr.inference import Backend, Completion, Conversation, SamplingParams, continue_conversation
+from ptr.inference import (
+    Backend,
+    Completion,
+    Conversation,
+    PrefixSession,
+    SamplingParams,
+    continue_conversation,
+)
 from ptr.serve.schema import RequestError
 
 BATCH_SIZE = Histogram(
@@ -61,31 +74,16 @@ class _Job:
 OnRoundText = Callable[[int, int, str], None]
 
 
-class DynamicBatcher:
-    def __init__(
-        self, backend: Backend, *, max_batch_size: int = 16, max_wait_ms: float = 10.0, worker_init=None
-    ):
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
-        if max_wait_ms < 0:
-            raise ValueError("max_wait_ms must be >= 0")
+class Scheduler(ABC):
+    """Runs requests' generations on a backend; subclasses say how one generation is run."""
+
+    session: PrefixSession | None = None
+
+    def __init__(self, backend: Backend):
         self.backend = backend
-        self.max_batch_size = max_batch_size
-        self.max_wait = max_wait_ms / 1000.0
-        self.session = backend.session()  # None: the backend keeps no caches between calls
         self._keys = itertools.count()
-        # One worker thread: the model is not shared. ``worker_init`` runs in it first (thread settings
-        # such as torch's intra-op thread count are per thread under OpenMP).
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ptr-generate", initializer=worker_init)
-        self._queue: asyncio.Queue | None = None
-        self._task: asyncio.Task | None = None
-        self.batches = 0
-        self.largest_batch = 0
 
-    @property
-    def reuse_prefix(self) -> bool:
-        return self.session is not None
-
+    @abstractmethod
     async def generate(
         self,
         conversation: Conversation,
@@ -93,14 +91,7 @@ class DynamicBatcher:
         key: int,
         on_text: Callable[[str], None] | None = None,
     ) -> Completion:
-        """One generation of the conversation ``key`` (it continues from its cache in the session);
-        ``on_text`` gets its text piece by piece, in the worker thread."""
-        if self._task is None:
-            self._queue = asyncio.Queue()
-            self._task = asyncio.get_running_loop().create_task(self._collect_forever())
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(conversation, params, key, future, on_text))
-        return await future
+        """One generation of the conversation ``key``; ``on_text`` gets its text piece by piece."""
 
     async def refine(
         self,
@@ -137,6 +128,59 @@ class DynamicBatcher:
         finally:
             for t in tasks:  # one instance failed: drop the others' queued work
                 t.cancel()
+
+    async def close(self) -> None:  # noqa: B027 (optional: most hold nothing)
+        """Stop what the scheduler runs."""
+
+
+class EngineQueue(Scheduler):
+    """For a backend that batches by itself (``continuous``): each generation goes to it at once."""
+
+    async def generate(self, conversation, params, key, on_text=None) -> Completion:
+        completion = await self.backend.agenerate(conversation, params, on_text)
+        GENERATIONS.inc()
+        return completion
+
+
+class DynamicBatcher(Scheduler):
+    def __init__(
+        self, backend: Backend, *, max_batch_size: int = 16, max_wait_ms: float = 10.0, worker_init=None
+    ):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if max_wait_ms < 0:
+            raise ValueError("max_wait_ms must be >= 0")
+        super().__init__(backend)
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.session = backend.session()  # None: the backend keeps no caches between calls
+        # One worker thread: the model is not shared. ``worker_init`` runs in it first (thread settings
+        # such as torch's intra-op thread count are per thread under OpenMP).
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ptr-generate", initializer=worker_init)
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.largest_batch = 0
+
+    @property
+    def reuse_prefix(self) -> bool:
+        return self.session is not None
+
+    async def generate(
+        self,
+        conversation: Conversation,
+        params: SamplingParams,
+        key: int,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Completion:
+        """One generation of the conversation ``key`` (it continues from its cache in the session);
+        ``on_text`` gets its text piece by piece, in the worker thread."""
+        if self._task is None:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._collect_forever())
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(conversation, params, key, future, on_text))
+        return await future
 
     async def _collect_forever(self):
         loop = asyncio.get_running_loop()
@@ -234,3 +278,9 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def scheduler_for(backend: Backend, **batching) -> Scheduler:
+    """:class:`EngineQueue` for a backend that batches by itself, else a :class:`DynamicBatcher`
+    (``batching``: its settings)."""
+    return EngineQueue(backend) if backend.continuous else DynamicBatcher(backend, **batching)

@@ -17,6 +17,7 @@ import sys
 
 from ptr.errors import PtrError, cli_errors
 from ptr.inference import LOCAL_BACKENDS
+from ptr.inference.cli import add_engine_memory_args
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,7 +37,13 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="torch threads for generation (0 = torch's default, one per core)",
     )
-    p.add_argument("--max_batch_size", type=int, default=16, help="generations gathered into one call")
+    add_engine_memory_args(p)
+    p.add_argument(
+        "--max_batch_size",
+        type=int,
+        default=16,
+        help="generations gathered into one call (vllm: its engine batches continuously instead)",
+    )
     p.add_argument("--max_wait_ms", type=float, default=10.0, help="how long a batch waits to fill")
     p.add_argument("--max_rounds", type=int, default=8, help="most refinement rounds one request may ask")
     p.add_argument("--max_instances", type=int, default=64, help="most instances in one request")
@@ -106,6 +113,8 @@ def build_server(args):
         ),
         refine_prompt=args.refine_prompt,
         threads=args.threads,
+        kv_cache_gib=args.kv_cache_gib,
+        gpu_memory_share=args.gpu_memory_share,
     )
     model.load()
     openai_routes.register(kserve.model_server.app, model)

@@ -16,7 +16,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from ptr.inference import BackendOptions, load_backend, refine_prompt_for
 from ptr.inference.refine_protocol import predictions
-from ptr.serve.batcher import DynamicBatcher
+from ptr.serve.batcher import Scheduler, scheduler_for
 from ptr.serve.schema import Limits, RequestError, parse_request
 
 V2_INPUT = "request"
@@ -82,21 +82,29 @@ class RefiningModel(kserve.Model):
         limits: Limits = Limits(),
         refine_prompt: str | None = None,
         threads: int = 0,
+        kv_cache_gib: float | None = BackendOptions.kv_cache_gib,
+        gpu_memory_share: float = BackendOptions.gpu_memory_share,
     ):
         super().__init__(name)
         self.threads = threads  # torch intra-op threads for generation (0 = torch's default)
         self.model_ref, self.backend_kind = model_ref, backend
-        # one forward pass per gathered batch
-        self.backend_options = BackendOptions(dtype=dtype, batch_size=max_batch_size)
+        # one forward pass per gathered batch; requests arrive one at a time (vLLM: its async engine)
+        self.backend_options = BackendOptions(
+            dtype=dtype,
+            batch_size=max_batch_size,
+            kv_cache_gib=kv_cache_gib,
+            gpu_memory_share=gpu_memory_share,
+            serving=True,
+        )
         self.max_batch_size, self.max_wait_ms = max_batch_size, max_wait_ms
         self.limits, self.refine_prompt = limits, refine_prompt
         self.backend = None
-        self.batcher: DynamicBatcher | None = None
+        self.batcher: Scheduler | None = None
 
     def load(self) -> bool:
         self.backend = load_backend(self.backend_kind, self.model_ref, self.backend_options)
         self.refine_prompt = refine_prompt_for(self.backend, self.refine_prompt)
-        self.batcher = DynamicBatcher(
+        self.batcher = scheduler_for(
             self.backend,
             max_batch_size=self.max_batch_size,
             max_wait_ms=self.max_wait_ms,
