@@ -6,11 +6,15 @@
    sequence (default attention: one causal SDPA call per document; also reported with the dense
    block-diagonal mask); SFTTrainer pads a batch of 8 without packing. Step 1 is warm-up and not
    counted. ``ratio`` = ours (default) ÷ SFTTrainer (target ≥ 1.5).
+   ``ratio_vs_packed`` = ours ÷ SFTTrainer at its best here: ``packing=True`` with its best-fit
+   decreasing strategy (``bfd``, which turns on padding-free batches: one row, position ids restarting
+   per document, so documents never attend to each other), each packed row as long as our step's
+   longest sequence, one row per step (target ≥ 1.2).
 2. SmolLM2-135M-Instruct at sequence length 512, ZeRO-2, bf16, two local ranks (torchrun): median step
    time and peak resident memory per rank.
 
 Each side runs in its own process with the same thread count. The last stdout line is one JSON object.
-Run: .venv/bin/python tests/bench/train.py [--steps 30] [--threads 1] [--skip-smollm]
+Run: .venv/bin/python tests/bench/train.py [--steps 30] [--threads 1] [--repeats N] [--skip-smollm]
 """
 
 from __future__ import annotations
@@ -85,8 +89,8 @@ def run_ours(corpus: Path, steps: int, threads: int, work: Path, attn: str = "au
     return {"tokens_per_s": rate(records), "steps": len(records), "tokens": sum(r["tokens"] for r in records)}
 
 
-def run_trl(steps: int, threads: int) -> dict:
-    """In this process (invoked as a child with --trl)."""
+def run_trl(steps: int, threads: int, packed: bool = False) -> dict:
+    """In this process (invoked as a child with --trl [--packed])."""
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -99,6 +103,9 @@ def run_trl(steps: int, threads: int) -> dict:
     tokenizer = load_tokenizer(path)
     docs = documents(tokenizer, steps * PER_STEP)
     dataset = Dataset.from_dict({"input_ids": [d[0] for d in docs]})
+    # packed: rows as long as our longest step (8 documents), one per step, so a step sees as many
+    # tokens as ours; unpacked: a padded batch of 8 documents
+    longest = max(sum(len(d[0]) for d in docs[i : i + PER_STEP]) for i in range(0, len(docs), PER_STEP))
     seen: list[int] = []
     times: list[float] = []
 
@@ -111,17 +118,18 @@ def run_trl(steps: int, threads: int) -> dict:
 
     config = SFTConfig(
         output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=PER_STEP,
+        per_device_train_batch_size=1 if packed else PER_STEP,
         max_steps=steps,
         learning_rate=5e-4,
         use_cpu=True,
         bf16=False,
-        packing=False,
+        packing=packed,
+        packing_strategy="bfd",
         report_to="none",
         save_strategy="no",
         logging_steps=10**6,
         dataloader_num_workers=0,
-        max_length=None,
+        max_length=longest if packed else None,
         seed=0,
     )
     trainer = SFTTrainer(
@@ -178,12 +186,14 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=1, help="per process; 1 keeps a shared machine's noise down"
     )
+    p.add_argument("--repeats", type=int, default=1, help="measure each side N times (medians reported)")
     p.add_argument("--smollm-steps", type=int, default=6)
     p.add_argument("--skip-smollm", action="store_true")
     p.add_argument("--trl", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--packed", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.trl:
-        print(json.dumps(run_trl(args.steps, args.threads)))
+        print(json.dumps(run_trl(args.steps, args.threads, args.packed)))
         return
 
     from ptr.models import load_tokenizer
@@ -192,21 +202,39 @@ def main() -> None:
     corpus = write_packed(
         work / "corpus", documents(load_tokenizer("tiny-random"), args.steps * PER_STEP), PER_STEP
     )
-    ours = run_ours(corpus, args.steps, args.threads, work)  # one SDPA call per document
-    ours_mask = run_ours(corpus, args.steps, args.threads, work, attn="sdpa")  # dense block-diagonal mask
-    trl_out = subprocess.run(
-        [sys.executable, __file__, "--trl", "--steps", str(args.steps), "--threads", str(args.threads)],
-        check=True, env=env(args.threads), capture_output=True, text=True,
-    )  # fmt: skip
-    trl = json.loads(trl_out.stdout.strip().splitlines()[-1])
+
+    def trl_run(*extra: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, __file__, "--trl", "--steps", str(args.steps), "--threads", str(args.threads), *extra],
+            check=True, env=env(args.threads), capture_output=True, text=True,
+        )  # fmt: skip
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    # The four runs take turns within each repeat, so load on a shared machine falls on all of them.
+    runs: dict[str, list[dict]] = {"ours": [], "ours_mask": [], "trl": [], "trl_packed": []}
+    for _ in range(args.repeats):
+        runs["ours"].append(run_ours(corpus, args.steps, args.threads, work))  # one SDPA call per document
+        runs["ours_mask"].append(run_ours(corpus, args.steps, args.threads, work, attn="sdpa"))  # dense mask
+        runs["trl"].append(trl_run())
+        runs["trl_packed"].append(trl_run("--packed"))
+    rate_of = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
+    ours, trl, trl_packed = runs["ours"][0], runs["trl"][0], runs["trl_packed"][0]
     result = {
-        "ratio": ours["tokens_per_s"] / trl["tokens_per_s"],
-        "ours_tokens_per_s": ours["tokens_per_s"],
-        "trl_sft_tokens_per_s": trl["tokens_per_s"],
-        "ours_block_mask_tokens_per_s": ours_mask["tokens_per_s"],
+        "ratio": rate_of["ours"] / rate_of["trl"],
+        "ratio_vs_packed": rate_of["ours"] / rate_of["trl_packed"],
+        "target": 1.5,
+        "target_vs_packed": 1.2,
+        "ours_tokens_per_s": rate_of["ours"],
+        "trl_sft_tokens_per_s": rate_of["trl"],
+        "trl_sft_packed_tokens_per_s": rate_of["trl_packed"],
+        "ours_block_mask_tokens_per_s": rate_of["ours_mask"],
+        "tokens_per_s_runs": {k: [round(r["tokens_per_s"], 1) for r in v] for k, v in runs.items()},
         "ours_tokens": ours["tokens"],
         "trl_tokens": trl["tokens"],
+        "trl_packed_tokens": trl_packed["tokens"],
+        "trl_packed_steps": trl_packed["steps"],
         "steps": args.steps,
+        "repeats": args.repeats,
         "examples_per_step": PER_STEP,
         "threads": args.threads,
         "model": "tiny-random (fp32)",

