@@ -273,10 +273,13 @@ def main() -> None:
 
     result = {}
     for side, measured in runs.items():
-        middle = sorted(measured, key=lambda m: m["conversations_per_s"])[len(measured) // 2]
+        rates = [m["conversations_per_s"] for m in measured]
         result[side] = {
-            **{k: v for k, v in middle.items() if k != "texts"},
-            "conversations_per_s_runs": [m["conversations_per_s"] for m in measured],
+            **{k: v for k, v in measured[0].items() if k != "texts"},  # the first run's details
+            "conversations_per_s": round(statistics.median(rates), 4),  # medians over the runs
+            "p50_s": round(statistics.median(m["p50_s"] for m in measured), 2),
+            "p99_s": round(statistics.median(m["p99_s"] for m in measured), 2),
+            "conversations_per_s_runs": rates,
             "streaming": streamed[side],
         }
     same = sum(a == b for a, b in zip(runs["ours"][0]["texts"], runs["vllm"][0]["texts"], strict=True))
