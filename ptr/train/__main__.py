@@ -1,5 +1,5 @@
 import sys
 
-from ptr.train.cli import main
+from ptr.train.cli import process_main
 
-raise SystemExit(main(sys.argv[1:]))
+process_main(sys.argv[1:])

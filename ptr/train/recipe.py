@@ -35,6 +35,7 @@ def run(cfg: TrainConfig) -> dict:
 
         ds_raw, ds_source = ds_config.load(cfg.deepspeed_config_path)  # bad configs fail before heavy work
         dist = ptr_dist.init()
+        recipe = None
         try:
             recipe = Recipe(cfg, dist, ds_raw, ds_source)
             recipe.setup()
@@ -42,6 +43,8 @@ def run(cfg: TrainConfig) -> dict:
                 recipe.train(tracker)
                 return recipe.finish(tracker)
         finally:
+            if recipe is not None:
+                recipe.close()
             import torch.distributed as torch_dist
 
             if torch_dist.is_initialized():
@@ -300,6 +303,13 @@ class Recipe:
         return stage_run("train", params, tags={"ptr.base_model": self.cfg.model_path})
 
     # -- finish ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the engine's hooks on the model and its optimizer's buffers (DeepSpeed's own teardown)."""
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.destroy()
+        self.engine = None
 
     def finish(self, tracker) -> dict:
         from ptr import storage
