@@ -99,12 +99,11 @@ def train(
     nodes: int,
     nproc_per_node: int,
 ) -> dict:
-    """Put the inputs where the replicas read them, submit the PyTorchJob, wait for its end.
+    """Put the inputs where the replicas read them, submit the PyTorchJob, wait for its end (a job
+    that fails or outlives the timeout is deleted, see :func:`ptr.cluster.pytorchjob.run`).
     Returns ``{model, pytorchjob}``: where the exported model is, and the job's name."""
     training = plan(cluster, config, run_id, with_ds_config=ds is not None)
     _put_inputs(cluster, training, Path(shards), ds)
     job = training_job(cluster, training, run_id, nodes=nodes, nproc_per_node=nproc_per_node)
-    client = pytorchjob.training_client(cluster.namespace)
-    pytorchjob.submit(job, client)
-    pytorchjob.wait(client, job.metadata.name, cluster.namespace, timeout=cluster.job_timeout_s)
+    pytorchjob.run(job, pytorchjob.training_client(cluster.namespace), timeout=cluster.job_timeout_s)
     return {"model": training.model, "pytorchjob": job.metadata.name}
