@@ -95,13 +95,13 @@ images:
 
 # Local stack on 127.0.0.1: MLflow (sqlite, artifacts proxied to S3) + SeaweedFS S3. State in .ptr/stack.
 stack-up: install
-	$(BIN)/python -m ptr.tracking.stack up
+	$(BIN)/python -m ptr.devstack up
 
 stack-down:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m ptr.tracking.stack down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m ptr.devstack down; fi
 
 stack-status: install
-	$(BIN)/python -m ptr.tracking.stack status
+	$(BIN)/python -m ptr.devstack status
 
 clean: stack-down
 	rm -rf $(VENV) .ptr build *.egg-info

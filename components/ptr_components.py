@@ -4,7 +4,7 @@ uses inside the function and does nothing but call its step and record the outpu
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from ptr.pipeline.config import DEFAULT_IMAGE
+from ptr.images import DEFAULT_IMAGE
 
 component = dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 

@@ -71,7 +71,7 @@ def data_dir() -> Path:
 def s3_stack(tmp_path_factory):
     """One real S3 store (SeaweedFS on 127.0.0.1) for the whole session, started on first use and
     stopped by pid at the end; ``s3_store`` puts its endpoint and credentials into a test's environment."""
-    from ptr.tracking.stack import Stack
+    from ptr.devstack import Stack
 
     stack = Stack(tmp_path_factory.mktemp("s3-stack"))
     env = stack.up(services=("weed",))

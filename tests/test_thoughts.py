@@ -7,7 +7,7 @@ import pytest
 
 from ptr.data.cleaning import clean_generated, family_of, stops_for
 from ptr.data.filters import FilterConfig, attempt_reason, judged_improvement, parse_verdict
-from ptr.data.models import ModelPool, parse_spec
+from ptr.data.model_pool import ModelPool, parse_spec
 from ptr.data.thoughts import ThoughtsConfig, final_answer_conversation, run_thoughts
 from tests.conftest import run_ptr
 from tests.support.torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)

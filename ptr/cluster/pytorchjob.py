@@ -23,8 +23,8 @@ from kubernetes import client as k8s
 from ptr.cluster import RUN_ID_LABEL
 from ptr.cluster.api import gone, retrying, transient
 from ptr.cluster.names import label_value
+from ptr.cluster.settings import Cluster, Resources
 from ptr.errors import PtrError
-from ptr.pipeline.config import Cluster, Resources
 
 CONTAINER = constants.PYTORCHJOB_CONTAINER  # the operator finds the training container by this name
 JOB_KIND = constants.PYTORCHJOB_KIND

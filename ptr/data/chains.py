@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from ptr import embeddings
 from ptr.data import filters
 from ptr.data.cleaning import clean_generated, stops_for
-from ptr.data.models import ModelPool, ModelSpec, parse_spec
+from ptr.data.model_pool import ModelPool, ModelSpec, parse_spec
+from ptr.data.thoughts_config import ThoughtsConfig
 from ptr.inference import SamplingParams, continue_conversation
-
-if TYPE_CHECKING:
-    from ptr.data.thoughts import ThoughtsConfig
+from ptr.inference.hf import PrefixStore
 
 JUDGE_MAX_NEW_TOKENS = 8
 
@@ -82,8 +80,6 @@ def _sub_store(stores: dict, spec: ModelSpec, backend, size: int, indices: list[
     that continues its own conversation reuses the attention cache of its earlier turns."""
     if getattr(backend, "name", "") != "transformers":
         return None
-    from ptr.inference.hf import PrefixStore
-
     full = stores.setdefault(spec.key, PrefixStore(size))
     sub = PrefixStore(len(indices))
     sub.entries = [full.entries[i] for i in indices]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ptr import storage
 from ptr.data import outputs
 from ptr.data.cleaning import clean_generated, stops_for
 from ptr.data.config import build, default
-from ptr.data.models import BackendName, ModelPool, parse_spec
+from ptr.data.model_pool import BackendName, ModelPool, parse_spec
 from ptr.data.sources import TEXT_FIELDS, text_at
 from ptr.errors import InputError, PtrError, cli_errors
 from ptr.inference import SamplingParams
@@ -66,8 +67,6 @@ def paper_prompt(question: str) -> str:
 def load_prompts(paths: list[str], data_len: int) -> list[str]:
     """The first ``data_len`` questions over all prompt files, validated before any model loads."""
     questions = []
-    from ptr import storage
-
     for path in paths:
         local = storage.fetch(path)
         for lineno, record in iter_jsonl(local):

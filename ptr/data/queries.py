@@ -21,7 +21,8 @@ from ptr.data import decontam, outputs
 from ptr.data.config import build, default
 from ptr.data.sources import BUILTIN, TEXT_FIELDS, read_queries
 from ptr.errors import cli_errors
-from ptr.jsonl import write_json, write_jsonl
+from ptr.files import write_json
+from ptr.jsonl import write_jsonl
 
 # Reasons a query is dropped, in the order the checks run.
 REASONS = ("empty", "too_short", "too_long", "duplicate", "near_duplicate", "contaminated", "not_sampled")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptr import storage
 from ptr.errors import InputError, PtrError
 from ptr.jsonl import iter_jsonl
 
@@ -124,8 +125,6 @@ def _locate(spec: str) -> tuple[str, Path | str]:
     if spec == BUILTIN:
         return "file", BUILTIN_PATH
     if spec.startswith("s3://"):
-        from ptr import storage
-
         return "file", storage.fetch(spec)
     if spec.startswith("hf:"):
         return "dataset", spec[3:]

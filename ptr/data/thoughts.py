@@ -17,51 +17,20 @@ import sys
 import time
 from collections import Counter
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from ptr import embeddings, storage
+from ptr import storage
 from ptr.data import filters, outputs
 from ptr.data.chains import ChainRun, final_answer_conversation, process_batch
 from ptr.data.config import build, default
 from ptr.data.filters import FilterConfig
-from ptr.data.models import BackendName, ModelPool
+from ptr.data.model_pool import ModelPool
 from ptr.data.queries import query_id
-from ptr.errors import InputError, PtrError, cli_errors
-from ptr.jsonl import append_jsonl, iter_jsonl, repair_jsonl, write_json
-from ptr.prompts import FINAL_ANSWER_INSTRUCTION, REFINE_PROMPT
+from ptr.data.thoughts_config import ThoughtsConfig
+from ptr.errors import InputError, cli_errors
+from ptr.files import write_json
+from ptr.jsonl import append_jsonl, iter_jsonl, repair_jsonl
+from ptr.tracking import stage_run
 
 __all__ = ["ThoughtsConfig", "final_answer_conversation", "main", "run_thoughts", "summarize"]
-
-
-class ThoughtsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    queries: str  # JSONL of {id, query} (the queries stage's output), local or s3://
-    output_path: str
-    weak_models: list[str] = Field(min_length=1)  # weakest first; specs as in ptr.data.models
-    strong_model: str
-    judge_model: str | None = None  # None: the heuristic improvement score
-    num_thoughts: int = Field(2, ge=1)
-    data_len: int | None = Field(None, ge=1)  # the first N queries
-    backend: BackendName = "transformers"  # for specs without a backend prefix
-    endpoint: str | None = None
-    dtype: str = "auto"
-    batch_size: int = Field(16, ge=1)  # queries per batch (and per append)
-    max_new_tokens: int = Field(256, ge=1)
-    strong_max_new_tokens: int | None = Field(None, ge=1)  # default: max_new_tokens
-    temperature: float = Field(0.7, ge=0)  # weak models
-    top_p: float = Field(0.95, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    strong_temperature: float = Field(0.0, ge=0)
-    strong_top_p: float = Field(1.0, gt=0, le=1)
-    strong_top_k: int = Field(0, ge=0)
-    seed: int = 0
-    refine_prompt: str = REFINE_PROMPT
-    final_instruction: str = FINAL_ANSWER_INSTRUCTION
-    filters: FilterConfig = Field(default_factory=FilterConfig)
-    embedding_model: str = embeddings.DEFAULT
-    progress: bool = True
-    publish_every_s: float = 300.0  # s3 outputs: publish partial progress this often
 
 
 def load_query_file(uri: str, data_len: int | None) -> list[dict]:
@@ -116,9 +85,8 @@ def _resume_state(staged, output: str) -> tuple[set[str], int]:
     if not staged.exists() and storage.is_remote(output):
         try:  # resume from what an earlier run (perhaps on another machine) published
             storage.fetch(output, staged)
-        except PtrError as err:
-            if "no such object" not in str(err):  # unreachable store, no access: the user's to fix
-                raise
+        except storage.NotFound:  # nothing published yet (an unreachable store still fails)
+            pass
     repaired = repair_jsonl(staged)
     done = {str(r["id"]) for _, r in iter_jsonl(staged, required=("id",))} if staged.exists() else set()
     return done, repaired
@@ -137,8 +105,6 @@ def run_thoughts(config: ThoughtsConfig, *, pool: ModelPool | None = None) -> di
             file=sys.stderr,
         )
     todo = [q for q in queries if q["id"] not in done]
-
-    from ptr.tracking import stage_run
 
     with stage_run("thoughts", params=_flat_params(config)) as tracking:
         started = time.perf_counter()

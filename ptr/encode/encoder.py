@@ -28,17 +28,18 @@ from ptr.encode.layout import ChatLayout, end_of_turn_tokens, tokenizer_hash, vo
 from ptr.encode.packing import BestFitPacker
 from ptr.encode.records import Drop, Example, input_files, iter_input, iter_loader, to_example
 from ptr.encode.shards import ANSWER, IGNORE, MAX_THOUGHTS, ShardWriter
-from ptr.errors import InputError, PtrError
-from ptr.jsonl import write_json
+from ptr.errors import InputError, PtrError, invalid
+from ptr.files import write_json
+from ptr.models import load_tokenizer, resolve
+from ptr.objective import LOSS_WEIGHTS_BY_ENCODING
 from ptr.procs import pid_alive
 from ptr.prompts import REFINE_PROMPT
+from ptr.tracking import stage_run
 
 FORMAT_VERSION = 1
 # Examples per tokenizer batch and per worker task: the fast tokenizer costs less per text in big
 # batches (measured: ~40% more CPU per text in batches of 512 than of 2,000).
 CHUNK = 4096
-# λ1 (answer NLL), λ2 (consistency), λ3 (confidence): DESIGN.md's defaults; the trainer may override.
-DEFAULT_LOSS_WEIGHTS = {"ptr": [0.8, 0.1, 0.1], "qa": [1.0, 0.0, 0.0], "pretrain": [1.0, 0.0, 0.0]}
 
 
 class EncodeConfig(BaseModel):
@@ -88,9 +89,7 @@ def config(**values) -> EncodeConfig:
     try:
         return EncodeConfig(**values)
     except ValidationError as err:
-        first = err.errors()[0]
-        where, message = ".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, ")
-        raise PtrError(f"--{where}: {message}" if where else message) from None
+        raise invalid(err, flags=True) from None
 
 
 # -- dtype ----------------------------------------------------------------------------------------
@@ -209,8 +208,6 @@ def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
     """Encode ``cfg.input`` (or the loader's records) into shards; returns the summary."""
     from tqdm import tqdm
 
-    from ptr.models import load_tokenizer, resolve
-
     started = time.perf_counter()
     model_dir = resolve(cfg.tokenizer_path)
     tokenizer = load_tokenizer(model_dir)
@@ -290,8 +287,6 @@ def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
 
 
 def _track(cfg: EncodeConfig, summary: dict, meta: dict, corpus: Path) -> None:
-    from ptr.tracking import stage_run
-
     tags = {"ptr.tokenizer_hash": meta["tokenizer"]["hash"]}
     with stage_run("encode", params=cfg.model_dump(), tags=tags) as run:
         run.log_metrics({f"encode.{k}": v for k, v in summary.items() if isinstance(v, int | float)})
@@ -388,7 +383,7 @@ def _meta(cfg, tokenizer, model_dir, vocab, dtype, counts, summary, argv, layout
             "end_of_turn_tokens": layout.end_of_turn if chat else [],
             "segment_codes": {"ignore": IGNORE, "answer": ANSWER, "thought": [1, MAX_THOUGHTS]},
         },
-        "loss_weights": DEFAULT_LOSS_WEIGHTS[cfg.encode_type],
+        "loss_weights": list(LOSS_WEIGHTS_BY_ENCODING[cfg.encode_type]),
         "counts": {
             "records": counts["read"],
             "examples": counts["examples"],

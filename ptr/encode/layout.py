@@ -29,6 +29,7 @@ from ptr.encode.records import Example
 from ptr.encode.shards import ANSWER, IGNORE
 from ptr.encode.template import content_agnostic
 from ptr.errors import PtrError
+from ptr.inference.hf import END_OF_TURN
 
 OPEN, CLOSE = "\ue000", "\ue001"
 _MARKERS = re.compile(f"[{OPEN}{CLOSE}]")
@@ -38,8 +39,6 @@ VERIFY_FIRST = 8  # examples of each role sequence checked against a full render
 def end_of_turn_tokens(tokenizer, model_dir: str | None = None) -> list[str]:
     """Strings of the tokens that end an assistant turn: EOS, the generation config's EOS ids, and
     the usual end-of-turn tokens the vocabulary has."""
-    from ptr.inference.hf import END_OF_TURN
-
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ptr import tracking
 from ptr.errors import InputError, PtrError
 from ptr.evaluate.config import EvalConfig, TaskConfig
-from ptr.evaluate.registry import expand_tasks, get_task
 from ptr.evaluate.results import (
     EvalResults,
     plot_scores,
@@ -21,8 +21,11 @@ from ptr.evaluate.results import (
     write_task_files,
 )
 from ptr.evaluate.task import Doc, Task
-from ptr.inference import SamplingParams, refine
+from ptr.evaluate.task_registry import expand_tasks, get_task
+from ptr.files import atomic_path
+from ptr.inference import SamplingParams, load_backend, refine
 from ptr.jsonl import iter_jsonl
+from ptr.serve.client import KServeBackend
 
 PLAIN_STOP = ("\nQuestion:",)  # a plain-text prompt's answer ends where the model starts a new question
 
@@ -49,8 +52,6 @@ def build_tasks(config: EvalConfig) -> list[Task]:
 
 def make_backend(config: EvalConfig):
     """The generation backend for ``config.model_type``."""
-    from ptr.inference import load_backend
-
     kind = config.model_type
     if kind == "transformers":
         return load_backend(
@@ -62,19 +63,13 @@ def make_backend(config: EvalConfig):
         raise PtrError(f"--model_type {kind} needs --endpoint (the server's base URL)")
     if kind == "openai":
         return load_backend("openai", config.model_path or None, endpoint=config.endpoint)
-    from ptr.serve.client import KServeBackend  # imported only here: ptr.serve wraps KServe
-
     return KServeBackend(config.endpoint, config.model_path)
 
 
 def served_model_name(model_type: str, endpoint: str) -> str:
     """The name of the model a server lists first (``--model_path`` left out for an HTTP model type)."""
-    from ptr.inference import load_backend
-
     if model_type == "openai":
         return load_backend("openai", None, endpoint=endpoint).model_name
-    from ptr.serve.client import KServeBackend
-
     return KServeBackend(endpoint).model_name
 
 
@@ -135,8 +130,6 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
     ``<output_path>/<save_name>/``, metrics and files tracked in MLflow when it is configured."""
     from tqdm import tqdm
 
-    from ptr import tracking
-
     tasks = build_tasks(config)
     docs = {t.name: t.docs() for t in tasks}  # bad data fails here, before the model loads
     for task in tasks:
@@ -184,8 +177,6 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
 
 def finish(results: EvalResults, plot: bool, note: str = "") -> None:
     """Write summary.md (and the plot) beside the task files."""
-    from ptr.jsonl import atomic_path
-
     path = results.output_dir / "summary.md"
     with atomic_path(path) as tmp:
         tmp.write_text(summary_markdown([results], note), encoding="utf-8")

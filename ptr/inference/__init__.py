@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ptr.errors import PtrError
+from ptr.inference.hf import PrefixStore, TransformersBackend
+from ptr.inference.openai_backend import OpenAIBackend
 from ptr.inference.types import (
     Backend,
     Completion,
@@ -17,6 +20,7 @@ from ptr.inference.types import (
     is_chat,
     validate_conversation,
 )
+from ptr.inference.vllm_backend import VLLMBackend
 from ptr.prompts import REFINE_PROMPT
 
 BACKENDS = ("transformers", "vllm", "openai", "kserve")
@@ -40,33 +44,21 @@ def load_backend(kind: str, model_ref=None, *, endpoint: str | None = None, **op
     """``kind`` is transformers, vllm, openai or kserve (for the last two ``endpoint`` is the base URL,
     ``model_ref`` the served model's name, or None for the first one the endpoint lists)."""
     if kind == "transformers":
-        from ptr.inference.hf import TransformersBackend
-
         return TransformersBackend(model_ref, **options)
     if kind == "vllm":
-        from ptr.inference.vllm_backend import VLLMBackend
-
         return VLLMBackend(model_ref, **options)
     if kind == "openai":
-        from ptr.inference.openai_backend import OpenAIBackend
-
         if not endpoint:
-            from ptr.errors import PtrError
-
             raise PtrError("the openai backend needs --endpoint (the base URL, e.g. http://host:8000/v1)")
         return OpenAIBackend(endpoint, model_ref, **options)
     if kind == "kserve":
         from ptr.serve.client import KServeBackend
 
         if not endpoint:
-            from ptr.errors import PtrError
-
             raise PtrError(
                 "the kserve backend needs --endpoint (the server's base URL, e.g. http://host:8080)"
             )
         return KServeBackend(endpoint, model_ref, **options)
-    from ptr.errors import PtrError
-
     raise PtrError(f"unknown backend {kind!r}: expected one of {', '.join(BACKENDS)}")
 
 
@@ -114,8 +106,6 @@ def refine(
         current = [conversations[i] for i in indices]
         store = None
         if supports_store:
-            from ptr.inference.hf import PrefixStore
-
             store = PrefixStore(len(indices))
         for k in range(1, rounds + 1):
             kwargs = {"progress": progress}

@@ -21,8 +21,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ptr.inference.attention import use_decode_attention
+from ptr.inference.decode_attention import use_decode_attention
 from ptr.inference.types import Completion, Conversation, SamplingParams
+from ptr.models import load_model
 
 # Tokens after which a chat model's turn is over, when its generation config does not list them all.
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
@@ -113,8 +114,6 @@ class TransformersBackend:
         prefix_reuse: bool = True,
     ):
         if model is None:
-            from ptr.models import load_model
-
             model, tokenizer = load_model(model_ref, dtype=dtype, device=device)
         self.model, self.tokenizer = model, tokenizer
         use_decode_attention(model)  # CPU decoding steps without the fused kernel (see its module)

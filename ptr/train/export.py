@@ -11,8 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ptr.jsonl import write_json
-from ptr.train.model import is_peft
+from ptr.files import write_json
+from ptr.train.packed_model import is_peft
 
 
 def rebuild(build, state_dict: dict):

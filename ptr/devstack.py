@@ -1,6 +1,6 @@
 """The local stack: SeaweedFS as the S3 store and an MLflow tracking server, on 127.0.0.1 only.
 
-``python -m ptr.tracking.stack up|down|status`` (``make stack-up`` / ``make stack-down``). Everything
+``python -m ptr.devstack up|down|status`` (``make stack-up`` / ``make stack-down``). Everything
 lives in one folder (default ``.ptr/stack``): the generated S3 credentials and ports
 (``stack.json``, ``s3.json``), ``env.sh`` to source, pid files, logs, SeaweedFS data and the MLflow
 sqlite database. MLflow proxies artifacts to ``s3://mlflow/artifacts`` in SeaweedFS, so clients
@@ -25,8 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from ptr import storage
 from ptr.errors import PtrError, cli_errors
 from ptr.procs import free_port
+from ptr.tracking.store import local_dir
 
 HOST = "127.0.0.1"
 BUCKETS = ("mlflow", "ptr")
@@ -37,8 +39,6 @@ _WEED_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer
 
 
 def default_root() -> Path:
-    from ptr.tracking import local_dir
-
     return local_dir() / "stack"
 
 
@@ -255,8 +255,6 @@ class Stack:
     def _make_buckets(self, cfg: dict, timeout: float = 60) -> None:
         from botocore.exceptions import ClientError
 
-        from ptr import storage
-
         env = self.environment(cfg)
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
@@ -370,9 +368,7 @@ def _wait_gone(pgid: int, timeout: float) -> bool:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ptr.tracking.stack", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m ptr.devstack", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--root", help="the stack's folder (default .ptr/stack)")
     parser.add_argument("--mlflow_port", type=int, help=f"default {DEFAULT_MLFLOW_PORT}, or a free port")

@@ -1,0 +1,9 @@
+"""The PTR objective's weights, named once: λ1 (answer NLL), λ2 (thought consistency), λ3 (confidence).
+
+The trainer uses them (``TrainConfig.loss_weights``, the pipeline's ``train.loss_weights``) and the
+encoder records them with the shards; the objective itself is in :mod:`ptr.train.loss`.
+"""
+
+DEFAULT_LOSS_WEIGHTS = (0.8, 0.1, 0.1)  # the paper's
+# Encodings without thoughts train on the answer alone.
+LOSS_WEIGHTS_BY_ENCODING = {"ptr": DEFAULT_LOSS_WEIGHTS, "qa": (1.0, 0.0, 0.0), "pretrain": (1.0, 0.0, 0.0)}
