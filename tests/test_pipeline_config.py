@@ -209,3 +209,36 @@ def test_the_evaluate_step_honours_save_infer_texts(tmp_path, monkeypatch):
     assert metrics["arith"]["n"] == 2
     written = sorted(p.name for p in (tmp_path / "base").iterdir())
     assert "arith.metrics.json" in written and not any("predictions" in name for name in written)
+
+
+def test_promotion_metrics_must_be_evaluated():
+    """Item 20: a promote metric whose task or round evaluation never produces fails at load time."""
+    with pytest.raises(PtrError, match=r"promote: gsm8k.round3 needs task gsm8k in evaluate.tasks"):
+        load_config(overrides={"evaluate": {"tasks": ["arith"]}, "promote": {"primary": "gsm8k.round3"}})
+    with pytest.raises(PtrError, match=r"needs round 3, evaluate.rounds is 2"):
+        load_config(overrides={"evaluate": {"rounds": 2}, "promote": {"primary": "arith.round3"}})
+    with pytest.raises(PtrError, match=r"mmlu.round1 needs task mmlu"):
+        load_config(
+            overrides={
+                "evaluate": {"tasks": ["arith"]},
+                "promote": {"primary": "arith.round2", "guards": {"mmlu.round1": 0.01}},
+            }
+        )
+
+
+def test_evaluate_base_fails_first_when_the_promotion_task_has_no_data(tmp_path, monkeypatch):
+    """Item 20: evaluate-base runs at the start, beside the data steps; when the primary metric's task
+    has no data under the data folder, it fails there — not at promote, hours later."""
+    from ptr.pipeline import steps
+
+    monkeypatch.setenv("PTR_TRACKING", "off")
+    evaluate = {"tasks": ["arith", "gsm8k"], "rounds": 1, "limit": 1, "data_dir": str(tmp_path / "empty")}
+    calls = []
+    monkeypatch.setattr("ptr.pipeline.steps.serving.run_evaluate", lambda config: calls.append(config))
+    with pytest.raises(
+        PtrError, match=r"promote uses gsm8k.round1, but task gsm8k has no data here .*Stage the data"
+    ):
+        steps.evaluate_base(
+            {}, evaluate, "tiny-random", str(tmp_path / "out"), "run-1", promote={"primary": "gsm8k.round1"}
+        )
+    assert calls == []  # nothing evaluated first

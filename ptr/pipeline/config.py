@@ -23,6 +23,7 @@ from ptr.errors import PtrError, describe, invalid
 from ptr.evaluate.config import EvalConfig, TaskConfig
 from ptr.objective import DEFAULT_LOSS_WEIGHTS
 from ptr.sections import Section
+from ptr.tracking import gate
 from ptr.train.config import TrainConfig
 
 
@@ -272,6 +273,25 @@ class PipelineConfig(Section):
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
     promote: Promote = Promote()
+
+    @model_validator(mode="after")
+    def _promotion_is_evaluated(self):
+        """The gate's metrics must be ones evaluation produces; else a run trains for hours and then
+        cannot promote."""
+        for name in (self.promote.primary, *self.promote.guards):
+            try:
+                metric = gate.parse_metric(name)
+            except PtrError as err:
+                raise ValueError(f"promote: {err}") from None
+            if metric.task not in self.evaluate.tasks:
+                raise ValueError(
+                    f"promote: {name} needs task {metric.task} in evaluate.tasks {self.evaluate.tasks}"
+                )
+            if metric.k > self.evaluate.rounds:
+                raise ValueError(
+                    f"promote: {name} needs round {metric.k}, evaluate.rounds is {self.evaluate.rounds}"
+                )
+        return self
 
     def arguments(self) -> dict[str, dict]:
         """The pipeline's parameters: one JSON-able dict per section. (Kubeflow parameters cannot hold

@@ -12,9 +12,10 @@ from ptr.evaluate.runner import evaluate as run_evaluate
 from ptr.evaluate.task_registry import get_task
 from ptr.files import write_json
 from ptr.pipeline import local_serve
-from ptr.pipeline.config import Evaluate, section
+from ptr.pipeline.config import Evaluate, Promote, section
 from ptr.pipeline.report import comparison_table, read_metrics
 from ptr.pipeline.steps.common import announce, model_location, read_record, set_context
+from ptr.tracking.gate import parse_metric
 
 
 def deploy(run: dict, model_dir: str, registration_dir: str, out_dir: str, run_id: str) -> dict:
@@ -60,6 +61,18 @@ def available_tasks(evaluate: Evaluate) -> tuple[list[str], dict[str, str], str 
     return kept, skipped, data_dir
 
 
+def _promotion_has_data(evaluate: Evaluate, promote: Promote) -> None:
+    _, skipped, data_dir = available_tasks(evaluate)
+    for name in (promote.primary, *promote.guards):
+        task = parse_metric(name).task
+        if task in skipped:
+            raise PtrError(
+                f"promote uses {name}, but task {task} has no data here ({skipped[task]}): the run could "
+                f"never promote. Stage the data under {data_dir or 'evaluate.data_dir'} (README, 'Evaluation "
+                "data') or choose another promote.primary"
+            )
+
+
 def _evaluate(evaluate: Evaluate, out: Path, save_name: str, seed: int, **model) -> dict[str, str]:
     tasks, skipped, data_dir = available_tasks(evaluate)
     config = evaluate.eval_config(
@@ -70,10 +83,15 @@ def _evaluate(evaluate: Evaluate, out: Path, save_name: str, seed: int, **model)
     return skipped
 
 
-def evaluate_base(run: dict, evaluate: dict, base_model: str, out_dir: str, run_id: str) -> dict:
-    """The base model, asked and asked to refine, for the side-by-side table."""
+def evaluate_base(
+    run: dict, evaluate: dict, base_model: str, out_dir: str, run_id: str, promote: dict | None = None
+) -> dict:
+    """The base model, asked and asked to refine, for the side-by-side table. It runs first, beside the
+    data steps, so a promotion metric whose task has no data fails the run here, before training."""
     run, evaluate = section("run", run), section("evaluate", evaluate)
     set_context(run, run_id)
+    if promote is not None:
+        _promotion_has_data(evaluate, section("promote", promote))
     out = Path(out_dir)
     skipped = _evaluate(
         evaluate, out, "base", run.seed, model_path=base_model, model_type=evaluate.base_model_type
