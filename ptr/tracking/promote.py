@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ptr.errors import PtrError
 from ptr.files import write_json
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 from ptr.tracking import gate, runs
 from ptr.tracking.model_registry import CANDIDATE, CHAMPION, client, get_version
 from ptr.tracking.store import tracking_uri
