@@ -316,11 +316,20 @@ def test_vllm_engines_held_together_split_the_gpu_memory(monkeypatch):
     strong = model_pool.parse_spec("Qwen/Qwen2-1.5B-Instruct", "vllm", None)
     pool.plan([weak, weak, strong])
     pool.get(weak), pool.get(strong), pool.get(weak)
-    shares = [kw["gpu_memory_utilization"] for _, _, kw in loaded]
+    shares = [options.gpu_memory_share for _, _, options in loaded]
     assert len(loaded) == 2 and shares == [0.425, 0.425] and sum(shares) <= model_pool.VLLM_GPU_MEMORY
 
     loaded.clear()
     one = model_pool.ModelPool()
     one.plan([weak, weak])
     one.get(weak)
-    assert loaded[0][2]["gpu_memory_utilization"] == model_pool.VLLM_GPU_MEMORY
+    assert loaded[0][2].gpu_memory_share == model_pool.VLLM_GPU_MEMORY
+
+    # and the vLLM backend hands it to the engine
+    from ptr.inference.backend import BackendOptions
+    from ptr.inference.vllm_backend import VLLMBackend
+
+    captured = {}
+    monkeypatch.setattr(VLLMBackend, "__init__", lambda self, ref, **kw: captured.update(kw))
+    VLLMBackend.from_options("m", BackendOptions(gpu_memory_share=0.425))
+    assert captured["gpu_memory_utilization"] == 0.425

@@ -18,7 +18,6 @@ from ptr.data.cleaning import clean_generated, stops_for
 from ptr.data.model_pool import ModelPool, ModelSpec, parse_spec
 from ptr.data.thoughts_config import ThoughtsConfig
 from ptr.inference import SamplingParams, continue_conversation
-from ptr.inference.hf import PrefixStore
 
 JUDGE_MAX_NEW_TOKENS = 8
 
@@ -60,32 +59,16 @@ class ChainRun:
         return SamplingParams(JUDGE_MAX_NEW_TOKENS, 0.0, 1.0, 0, seed, stop)
 
     def fits(self, spec: ModelSpec, conversation) -> bool:
-        """Whether the prompt leaves room to generate, where the backend can tell (transformers)."""
-        backend = self.pool.get(spec)
-        limit = getattr(backend, "context_length", None)
-        if limit is None or not hasattr(backend, "encode"):
-            return True
-        return len(backend.encode(conversation)) + 1 <= limit
+        """Whether the prompt leaves room to generate, where the backend can tell."""
+        return self.pool.get(spec).fits(conversation)
 
-    def generate(self, spec: ModelSpec, conversations, params, *, store=None, progress=None):
-        backend = self.pool.get(spec)
-        kwargs = {"progress": progress}
-        if store is not None:
-            kwargs["prefix_store"] = store
-        outs = backend.generate(conversations, params, **kwargs)
+    def generate(self, spec: ModelSpec, conversations, params, *, session=None, keys=None, progress=None):
+        """``session``/``keys``: continue each conversation from its own earlier turns' cache."""
+        outs = self.pool.get(spec).generate(
+            conversations, params, progress=progress, session=session, keys=keys
+        )
         self.tokens[spec.label] += sum(o.completion_tokens for o in outs)
         return outs
-
-
-def _sub_store(stores: dict, spec: ModelSpec, backend, size: int, indices: list[int]):
-    """A prefix store for the rows ``indices`` of a batch, backed by one store per model, so a model
-    that continues its own conversation reuses the attention cache of its earlier turns."""
-    if getattr(backend, "name", "") != "transformers":
-        return None
-    full = stores.setdefault(spec.key, PrefixStore(size))
-    sub = PrefixStore(len(indices))
-    sub.entries = [full.entries[i] for i in indices]
-    return full, sub
 
 
 def process_batch(run: ChainRun, batch: list[dict], seed: int, progress=None) -> list[dict]:
@@ -97,7 +80,7 @@ def process_batch(run: ChainRun, batch: list[dict], seed: int, progress=None) ->
     ]
     reasons: list[str | None] = [None] * len(batch)
     conversations = [[{"role": "user", "content": q["query"]}] for q in batch]
-    stores: dict = {}
+    sessions: dict = {}  # per model: a model that continues its own conversation reuses its cache
     active = list(range(len(batch)))
     for t in range(1, c.num_thoughts + 1):
         spec = run.weak[(t - 1) % len(run.weak)]
@@ -112,17 +95,16 @@ def process_batch(run: ChainRun, batch: list[dict], seed: int, progress=None) ->
         active = [i for i in active if reasons[i] is None]
         if not active:
             break
-        pair = _sub_store(stores, spec, run.pool.get(spec), len(batch), active)
+        if spec.key not in sessions:
+            sessions[spec.key] = run.pool.get(spec).session()
         outs = run.generate(
             spec,
             [conversations[i] for i in active],
             run.params(spec, "weak", seed + t),
-            store=pair[1] if pair else None,
+            session=sessions[spec.key],
+            keys=active,
             progress=progress,
         )
-        if pair:
-            for k, i in enumerate(active):
-                pair[0].entries[i] = pair[1].entries[k]
         for i, out in zip(active, outs, strict=True):
             text = clean_generated(out.text)
             previous = records[i]["thoughts"][-1]["text"] if records[i]["thoughts"] else None
@@ -137,7 +119,7 @@ def process_batch(run: ChainRun, batch: list[dict], seed: int, progress=None) ->
             )
             reasons[i] = filters.attempt_reason(text, out.finish_reason, previous, fcfg)
         active = [i for i in active if reasons[i] is None]
-    stores.clear()
+    sessions.clear()
 
     prompts = {
         i: final_answer_conversation(

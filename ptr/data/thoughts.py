@@ -27,7 +27,8 @@ from ptr.data.queries import query_id
 from ptr.data.thoughts_config import ThoughtsConfig
 from ptr.errors import InputError, cli_errors
 from ptr.files import write_json
-from ptr.jsonl import append_jsonl, iter_jsonl, repair_jsonl
+from ptr.jsonl import append_jsonl, repair_jsonl
+from ptr.records import iter_jsonl
 from ptr.tracking import stage_run
 
 __all__ = ["ThoughtsConfig", "final_answer_conversation", "main", "run_thoughts", "summarize"]

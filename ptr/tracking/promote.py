@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ptr.errors import PtrError
 from ptr.files import write_json
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 from ptr.tracking import gate, runs
 from ptr.tracking.model_registry import CANDIDATE, CHAMPION, client, get_version
 from ptr.tracking.store import tracking_uri
@@ -85,7 +85,7 @@ def _missing_eval(name: str, version: str, metric: str) -> PtrError:
 
 @dataclass(frozen=True)
 class Promotion:
-    """What :func:`promote` decided, with its evidence (``report``, also logged as ``gate.json``)."""
+    """What :func:`promote` decided, with its evidence (``report``, also logged as ``promotion.json``)."""
 
     name: str
     candidate: str
@@ -165,7 +165,7 @@ def crown(name: str, candidate: str, champion_before: str | None) -> None:
     mlflow_client = client()
     mlflow_client.set_registered_model_alias(name, CHAMPION, candidate)
     if champion_before and champion_before != candidate:
-        mlflow_client.set_model_version_tag(name, champion_before, "ptr.gate.replaced_by", candidate)
+        mlflow_client.set_model_version_tag(name, champion_before, "ptr.promotion.replaced_by", candidate)
 
 
 def _versions(mlflow_client, name: str, version: str | None) -> tuple[str, str | None]:
@@ -213,13 +213,13 @@ def _record(mlflow_client, name, candidate, champion, rule: _Rule, decision, rep
         **rule.params(),
     }
     outcome = "promoted" if decision.promote else "kept"
-    tags = {"ptr.model_name": name, "ptr.model_version": candidate, "ptr.gate.decision": outcome}
+    tags = {"ptr.model_name": name, "ptr.model_version": candidate, "ptr.promotion.decision": outcome}
     with runs.open_run("promote", params, tags, tracking_uri(fallback=True)) as run:
         figures = {k: decision.primary[k] for k in ("delta", "lo", "hi", "n") if k in decision.primary}
         run.log_metrics(
             {f"promote.{k}": v for k, v in figures.items()} | {"promote.promoted": float(decision.promote)}
         )
-        run.log_dict(report, "gate.json")
+        run.log_dict(report, "promotion.json")
         run.log_text(summary(report), "summary.md")
         _tag_version(mlflow_client, name, candidate, report, outcome, run.run_id)
 
@@ -234,12 +234,12 @@ def _alias_or_none(mlflow_client, name: str, alias: str):
 def _tag_version(mlflow_client, name: str, version: str, report: dict, outcome: str, run_id: str) -> None:
     decision = report["decision"]
     tags = {
-        "ptr.gate.decision": outcome,
-        "ptr.gate.reason": decision["reason"],
-        "ptr.gate.champion_before": report["champion"] or "none",
-        "ptr.gate.run": run_id,
-        "ptr.gate.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "ptr.gate.evidence": json.dumps({"primary": decision["primary"], "guards": decision["guards"]}),
+        "ptr.promotion.decision": outcome,
+        "ptr.promotion.reason": decision["reason"],
+        "ptr.promotion.champion_before": report["champion"] or "none",
+        "ptr.promotion.run": run_id,
+        "ptr.promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ptr.promotion.evidence": json.dumps({"primary": decision["primary"], "guards": decision["guards"]}),
     }
     for key in ("metric", "delta", "lo", "hi", "n"):
         if key in decision["primary"]:

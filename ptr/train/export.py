@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ptr.files import write_json
+from ptr.models.provenance import PROVENANCE_FILE
 from ptr.train.packed_model import is_peft
 
 
@@ -43,7 +44,7 @@ def export(lm, tokenizer, out_dir: Path, *, merge_lora: bool = True, provenance:
     lm.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if provenance:
-        write_json(tmp / "ptr_train.json", provenance)
+        write_json(tmp / PROVENANCE_FILE, provenance)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

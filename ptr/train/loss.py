@@ -1,4 +1,4 @@
-"""The PTR objective (DESIGN.md, "The training objective"), computed from the shards' segment codes.
+"""The PTR objective (docs/architecture.md, "The training objective"), computed from the shards' segment codes.
 
     L = λ1 · NLL(answer) + λ2 · Σ_{t≥2} (1 − cos(h̄_t, h̄_{t−1})) + λ3 · Σ_t β_t · (1 − Pr(y_t))
 

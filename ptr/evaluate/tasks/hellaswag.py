@@ -14,7 +14,7 @@ from pathlib import Path
 from ptr.errors import InputError, PtrError
 from ptr.evaluate.task import Doc, MultipleChoiceTask
 from ptr.evaluate.task_registry import register_task
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 STEM = "Which ending continues the text most plausibly?\n{ctx} ..."
 
@@ -38,6 +38,7 @@ def hellaswag_doc(doc_id: str, ctx: str, endings: list, label, where, line) -> D
 
 @register_task("hellaswag")
 class HellaSwag(MultipleChoiceTask):
+    fixed_labels = "ABCD"
     title = "HellaSwag"
     default_max_new_tokens = 128
     hub = ("Rowan/hellaswag", None, "validation")

