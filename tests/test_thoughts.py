@@ -309,7 +309,7 @@ def test_vllm_engines_held_together_split_the_gpu_memory(monkeypatch):
 
     loaded = []
     monkeypatch.setattr(
-        model_pool, "load_backend", lambda kind, ref, **kw: loaded.append((kind, ref, kw)) or object()
+        model_pool, "load_backend", lambda kind, ref, options: loaded.append((kind, ref, options)) or object()
     )
     pool = model_pool.ModelPool()
     weak = model_pool.parse_spec("Qwen/Qwen2-0.5B-Instruct", "vllm", None)
