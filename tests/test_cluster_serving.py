@@ -149,7 +149,9 @@ class _Recorder:
         return {"name": "ptr-production", "action": "updated"}
 
 
-def _promote_step(tmp_path):
+def _promote_step(tmp_path, monkeypatch):
+    for name in ("PTR_RUN_ID", "PTR_EXPERIMENT"):  # the step sets them: put them back afterwards
+        monkeypatch.setenv(name, "")
     registration = {**REGISTRATION, "model": f"/mnt/ptr/runs/{RUN_ID}/output/ptr/final", "run_id": RUN_ID}
     (tmp_path / "reg").mkdir()
     (tmp_path / "reg/registration.json").write_text(json.dumps(registration))
@@ -163,7 +165,7 @@ def test_promotion_rolls_production_out_before_the_alias_moves(tmp_path, monkeyp
     """Item 16: the champion alias is what other consumers follow; it moves only once production
     serves the new version, from the version's folder. Item 11: the candidate goes either way."""
     recorder = _Recorder(monkeypatch)
-    decision = _promote_step(tmp_path)
+    decision = _promote_step(tmp_path, monkeypatch)
     assert [c[0] for c in recorder.calls] == ["decide", "publish", "rollout", "crown", "remove candidate"]
     assert recorder.calls[0] == ("decide", False)  # the gate does not move the alias itself
     assert recorder.calls[2] == ("rollout", "/mnt/ptr/models/ptr-qwen/7")
@@ -174,11 +176,11 @@ def test_promotion_rolls_production_out_before_the_alias_moves(tmp_path, monkeyp
 def test_a_failed_rollout_leaves_the_alias_and_removes_the_candidate(tmp_path, monkeypatch):
     recorder = _Recorder(monkeypatch, rollout_fails=True)
     with pytest.raises(PtrError, match="cannot serve the new model"):
-        _promote_step(tmp_path)
+        _promote_step(tmp_path, monkeypatch)
     assert [c[0] for c in recorder.calls] == ["decide", "publish", "rollout", "remove candidate"]
 
 
 def test_a_kept_champion_touches_nothing_but_the_candidate(tmp_path, monkeypatch):
     recorder = _Recorder(monkeypatch, promoted=False)
-    assert _promote_step(tmp_path)["promoted"] is False
+    assert _promote_step(tmp_path, monkeypatch)["promoted"] is False
     assert [c[0] for c in recorder.calls] == ["decide", "remove candidate"]

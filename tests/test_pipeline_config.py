@@ -232,6 +232,8 @@ def test_evaluate_base_fails_first_when_the_promotion_task_has_no_data(tmp_path,
     from ptr.pipeline import steps
 
     monkeypatch.setenv("PTR_TRACKING", "off")
+    for name in ("PTR_RUN_ID", "PTR_EXPERIMENT"):  # the step sets them: put them back afterwards
+        monkeypatch.setenv(name, "")
     evaluate = {"tasks": ["arith", "gsm8k"], "rounds": 1, "limit": 1, "data_dir": str(tmp_path / "empty")}
     calls = []
     monkeypatch.setattr("ptr.pipeline.steps.serving.run_evaluate", lambda config: calls.append(config))
