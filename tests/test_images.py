@@ -68,9 +68,51 @@ def test_cpu_image_takes_torch_from_the_cpu_index():
 
 def test_gpu_image_builds_deepspeed_ops_and_vllm():
     text = (REPO / "images/Dockerfile.gpu").read_text()
-    assert text.startswith("#") and "FROM nvidia/cuda:" in text
+    assert text.startswith("#") and "FROM docker.io/nvidia/cuda:" in text
     assert "DS_BUILD_FUSED_ADAM=1" in text and "deepspeed==0.19.8" in text and ".[vllm]" in text
     assert "flash-attn==" in text and "ds_report" in text
+
+
+# torch 2.13.0's PyPI wheel is built against CUDA 13.0 (its nvidia-*-cu13 dependencies). DeepSpeed's op
+# builder (op_builder/builder.py: assert_no_cuda_mismatch) and flash-attn's setup.py refuse a toolkit
+# whose major version differs from torch.version.cuda.
+TORCH_CUDA = "13.0"
+
+
+def _stages(text: str) -> list[tuple[str, str]]:
+    """(base image, stage name) of each FROM, with the Dockerfile's ARG defaults filled in."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    stages = []
+    for image, name in re.findall(r"^FROM (\S+)(?: AS (\S+))?", text, re.M):
+        stages.append((re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], image), name))
+    return stages
+
+
+def test_gpu_image_cuda_matches_torch_and_runs_on_the_runtime_image():
+    """Item 6, checked statically (no registry here to build from): the toolkit is torch's CUDA, the
+    image that runs is the runtime image (the devel one only builds), the driver floor is written
+    down, the arch list covers A100 through Blackwell, and flash-attn takes a wheel before compiling."""
+    text = (REPO / "images/Dockerfile.gpu").read_text()
+    (build, build_name), (runtime, runtime_name) = _stages(text)
+    for image in (build, runtime):
+        assert image.startswith("docker.io/nvidia/cuda:"), image
+        version = image.split(":")[1].split("-")[0]
+        assert ".".join(version.split(".")[:2]) == TORCH_CUDA, (
+            f"{image}: torch 2.13.0 is a CUDA {TORCH_CUDA} build"
+        )
+    assert "-devel-" in build and build_name == "build"
+    assert "-runtime-" in runtime and "devel" not in runtime and runtime_name == "runtime"
+    assert "COPY --from=build /opt/venv /opt/venv" in text
+    final = text[text.index("AS runtime") :]
+    assert "pip install" not in final  # nothing is built or fetched in the image that runs
+    assert re.search(r"driver >= 580", text)  # CUDA 13.0's minimum Linux driver
+    archs = re.search(r'TORCH_CUDA_ARCH_LIST="([^"]+)"', text)[1].split(";")
+    assert {"8.0", "9.0", "10.0"} <= {a.removesuffix("+PTX") for a in archs} and archs[-1].endswith("+PTX")
+    assert all(float(a.removesuffix("+PTX")) >= 7.5 for a in archs)  # CUDA 13 dropped older GPUs
+    flash = re.search(r'FLASH_ATTN_CUDA_ARCHS="([^"]+)"', text)[1].split(";")
+    assert {"80", "90"} <= set(flash)
+    assert "ARG FLASH_ATTN_WHEEL" in text and "FLASH_ATTENTION_FORCE_BUILD" not in text
+    assert "torch.version.cuda" in text  # the build checks nvcc against torch before compiling anything
 
 
 def test_lock_agrees_with_pyproject():

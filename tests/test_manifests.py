@@ -1,6 +1,8 @@
-"""manifests/: the kustomizations render with the real kustomize, every object validates (core kinds
-with kubernetes-validate, custom resources against ../shared/crds), RBAC is exactly what the pipeline
-uses, no secret value is committed, and the rendered examples match what the code generates."""
+"""manifests/: every overlay renders with the real kustomize (``kubectl kustomize``) on a fresh clone and
+validates (core kinds with kubernetes-validate, custom resources against ../shared/crds); the RBAC gives
+the step account what KFP and the steps need and the workload account nothing; images are
+registry-qualified; no Secret is shipped; the shared volume is usable by uid 1000; the rendered
+examples match what the code generates."""
 
 from __future__ import annotations
 
@@ -10,23 +12,35 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ptr.cluster import rbac
 from tests.support.k8s import REPO, kustomize, validate_core, validate_custom
 
-KUSTOMIZATIONS = ["manifests/base", "manifests/overlays/cpu", "manifests/overlays/gpu"]
+OVERLAYS = {"cpu": "ptr", "gpu": "ptr", "gpu-standalone": "kubeflow"}  # overlay -> namespace
+MULTI_USER = {"cpu", "gpu"}
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
 CUSTOM_KINDS = {"PyTorchJob", "InferenceService"}
 
 
-@pytest.fixture(scope="module", params=KUSTOMIZATIONS)
-def rendered(request) -> list[dict]:
-    return kustomize(REPO / request.param)
+@pytest.fixture(scope="module", params=sorted(OVERLAYS))
+def overlay(request) -> tuple[str, list[dict]]:
+    return request.param, kustomize(REPO / "manifests/overlays" / request.param)
 
 
 def _by_kind(objects: list[dict], kind: str) -> list[dict]:
     return [o for o in objects if o["kind"] == kind]
 
 
-def test_every_object_validates(rendered):
+def _one(objects: list[dict], kind: str, name: str) -> dict:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def _pod_specs(objects: list[dict]) -> list[dict]:
+    return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "Job")]
+
+
+def test_every_object_validates(overlay):
+    name, rendered = overlay
     kinds = set()
     for obj in rendered:
         kinds.add(obj["kind"])
@@ -43,68 +57,219 @@ def test_every_object_validates(rendered):
             assert {"name": "ptr", "version": "1", "autoSelect": True} in obj["spec"]["supportedModelFormats"]
         else:
             validate_core(obj)
-        assert obj["metadata"].get("namespace", "ptr") == "ptr"
-    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "Secret"} <= kinds
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == OVERLAYS[name]
+    assert {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "Job"} <= kinds
     assert {"PersistentVolumeClaim", "ServingRuntime", "ConfigMap"} <= kinds
 
 
-def test_validation_catches_a_broken_object(rendered):
-    deployment = _by_kind(rendered, "Deployment")[0]
+def test_validation_catches_a_broken_object(overlay):
+    deployment = _by_kind(overlay[1], "Deployment")[0]
     broken = yaml.safe_load(yaml.safe_dump(deployment))
     broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
     with pytest.raises(Exception, match="imagePullPolice"):
         validate_core(broken)
 
 
-def test_rbac_allows_exactly_what_the_pipeline_uses(rendered):
-    (role,) = _by_kind(rendered, "Role")
-    verbs = ["create", "get", "list", "watch", "patch", "delete"]
-    assert role["rules"] == [
-        {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": verbs},
-        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": verbs},
+def test_step_account_has_what_kfp_and_the_steps_need(overlay):
+    """Item 1. KFP v2's driver and launcher read the ``kfp-launcher`` ConfigMap and the
+    ``mlpipeline-minio-artifact`` Secret of the run's namespace (kubeflow/pipelines
+    backend/src/v2/config/env.go, KFP 2.x), and Argo's executor creates/patches
+    ``workflowtaskresults`` (argo-workflows docs/workflow-rbac.md, >= 3.4) — KFP's own
+    ``pipeline-runner`` Role (manifests/kustomize/base/pipeline/pipeline-runner-role.yaml) grants these.
+    Today's Role has none of them. The RBAC rules are evaluated as the API server's authorizer does."""
+    name, rendered = overlay
+    namespace = OVERLAYS[name]
+    assert rbac.missing(rendered, namespace, "ptr-pipeline", rbac.STEP_NEEDS) == []
+    kfp = {(n.verb, n.resource, n.name) for n in rbac.KFP_NEEDS}
+    assert {("get", "configmaps", "kfp-launcher"), ("get", "secrets", "mlpipeline-minio-artifact")} <= kfp
+    assert ("create", "workflowtaskresults", "") in kfp and ("patch", "workflowtaskresults", "") in kfp
+    # no more than that: other secrets and configmaps stay out of reach, and nothing cluster-wide
+    for extra in (
+        rbac.Need("get", "", "secrets", name="ptr-s3-credentials"),
+        rbac.Need("list", "", "secrets"),
+        rbac.Need("get", "", "configmaps", name="other"),
+        rbac.Need("create", "", "pods"),
+        rbac.Need("create", "", "pods", subresource="exec"),
+    ):
+        assert not rbac.allowed(rendered, namespace, "ptr-pipeline", extra), extra
+    assert not _by_kind(rendered, "ClusterRole") and not _by_kind(rendered, "ClusterRoleBinding")
+    (binding,) = _by_kind(rendered, "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ptr-pipeline", "namespace": namespace}]
+
+
+def test_rbac_reader_tells_allowed_from_denied():
+    """The evaluator itself: resourceNames restrict, a subresource is its own resource, bindings in other
+    namespaces and other accounts do not count."""
+    objects = [
         {
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "resourceNames": ["ptr-s3-credentials", "ptr-mlflow-credentials"],
-            "verbs": ["get"],
+            "kind": "Role",
+            "metadata": {"name": "r", "namespace": "a"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["s1"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+            ],
+        },
+        {
+            "kind": "RoleBinding",
+            "metadata": {"name": "b", "namespace": "a"},
+            "roleRef": {"kind": "Role", "name": "r", "apiGroup": "rbac.authorization.k8s.io"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "a"}],
         },
     ]
-    (binding,) = _by_kind(rendered, "RoleBinding")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": role["metadata"]["name"],
-    }
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ptr-pipeline", "namespace": "ptr"}]
-    assert not _by_kind(rendered, "ClusterRole") and not _by_kind(rendered, "ClusterRoleBinding")
+    assert rbac.allowed(objects, "a", "sa", rbac.Need("get", "", "secrets", name="s1"))
+    assert not rbac.allowed(objects, "a", "sa", rbac.Need("get", "", "secrets", name="s2"))
+    assert not rbac.allowed(objects, "a", "sa", rbac.Need("get", "", "pods", subresource="log"))
+    assert not rbac.allowed(objects, "a", "other", rbac.Need("get", "", "pods"))
+    assert not rbac.allowed(objects, "b", "sa", rbac.Need("get", "", "pods"))
 
 
-def test_secrets_are_templates_without_values(rendered):
-    secrets = _by_kind(rendered, "Secret")
-    assert secrets
-    for secret in secrets:
-        values = {**secret.get("stringData", {}), **secret.get("data", {})}
-        assert values and all(v == "" for v in values.values()), secret["metadata"]["name"]
+def test_workload_account_has_no_api_rights(overlay):
+    """Item 2: training replicas and model servers run as ptr-workload, which no binding names and
+    which mounts no token; the step account reads pods, their logs and events (item 9)."""
+    name, rendered = overlay
+    namespace = OVERLAYS[name]
+    account = _one(rendered, "ServiceAccount", "ptr-workload")
+    assert account["automountServiceAccountToken"] is False
+    assert rbac.granted_rules(rendered, namespace, "ptr-workload") == []
+    for need in rbac.WORKLOAD_FORBIDDEN:
+        assert not rbac.allowed(rendered, namespace, "ptr-workload", need)
+    for need in (
+        rbac.Need("list", "", "pods"),
+        rbac.Need("get", "", "pods", subresource="log"),
+        rbac.Need("list", "", "events"),
+    ):
+        assert rbac.allowed(rendered, namespace, "ptr-pipeline", need)
+    # KServe's storage initializer takes the S3 credentials from the predictor account's secrets
+    assert account["secrets"] == [{"name": "ptr-s3-credentials"}]
+    for spec in _pod_specs(rendered):
+        assert spec.get("serviceAccountName") == "ptr-workload"
 
 
-def test_mlflow_runs_with_sqlite_on_a_volume_and_artifacts_on_s3(rendered):
-    (deployment,) = _by_kind(rendered, "Deployment")
+def test_kfp_modes(overlay):
+    """Item 3. Multi-user: the namespace carries ``pipelines.kubeflow.org/enabled: "true"``, the label
+    KFP's pipelines-profile-controller selects to provision kfp-launcher and the artifact Secret
+    (kubeflow/pipelines manifests/kustomize/base/installs/multi-user/pipelines-profile-controller/sync.py).
+    Standalone: everything goes to KFP's own namespace, which the overlay does not create."""
+    name, rendered = overlay
+    namespaces = _by_kind(rendered, "Namespace")
+    if name in MULTI_USER:
+        (namespace,) = namespaces
+        assert namespace["metadata"]["name"] == OVERLAYS[name]
+        assert namespace["metadata"]["labels"]["pipelines.kubeflow.org/enabled"] == "true"
+    else:
+        assert namespaces == [] and OVERLAYS[name] == "kubeflow"
+
+
+def _images(objects: list[dict]) -> list[str]:
+    found = []
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "Job", "ServingRuntime"):
+            continue
+        spec = obj["spec"]["template"]["spec"] if obj["kind"] != "ServingRuntime" else obj["spec"]
+        found += [c["image"] for c in spec.get("containers", []) + spec.get("initContainers", [])]
+    return found
+
+
+def test_images_are_registry_qualified(overlay):
+    """Item 5: a bare ``ptr:0.1.0`` resolves to docker.io/library/ptr; every overlay names a registry."""
+    images = _images(overlay[1])
+    assert images
+    for image in images:
+        host = image.split("/")[0]
+        assert "/" in image and ("." in host or ":" in host), image
+    ours = [i for i in images if "/ptr/ptr" in i]
+    assert ours and all(i.startswith("registry.example.com/ptr/") for i in ours)
+    # the S3 server runs from its own image, not ours (item 18)
+    assert any(i.startswith("docker.io/chrislusf/seaweedfs:") for i in images)
+
+
+def test_use_registry_rewrites_every_placeholder(tmp_path):
+    """Item 5: one documented command (``make use-registry IMAGE_REGISTRY=…``) replaces the placeholder
+    in the overlays and the cluster configs; the result still renders."""
+    import shutil
+    import subprocess
+    import sys
+
+    for part in ("manifests", "pipelines/configs"):
+        shutil.copytree(REPO / part, tmp_path / part)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "images/use_registry.py"),
+            "reg.acme.io/ml",
+            "--tag",
+            "2.0",
+            "--root",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    rewritten = [*tmp_path.glob("manifests/overlays/*/*.yaml"), *tmp_path.glob("pipelines/configs/*.yaml")]
+    text = "\n".join(p.read_text() for p in rewritten)  # (examples/ are re-rendered by make manifests)
+    assert "registry.example.com" not in re.sub(r"#.*", "", text)  # comments may still name it
+    images = _images(kustomize(tmp_path / "manifests/overlays/gpu"))
+    assert "reg.acme.io/ml/ptr:2.0" in images and "reg.acme.io/ml/ptr-gpu:2.0" in images
+    config = yaml.safe_load((tmp_path / "pipelines/configs/cluster-example.yaml").read_text())
+    assert config["run"]["cluster"]["image"] == "reg.acme.io/ml/ptr:2.0"
+    assert config["run"]["cluster"]["gpu_image"] == "reg.acme.io/ml/ptr-gpu:2.0"
+
+
+def test_no_secret_is_shipped(overlay):
+    """Item 18: ``kubectl apply -k`` must not overwrite the credentials a user created: no overlay
+    carries a Secret; the pods that need one name it, and the kubelet retries their start until it
+    exists (no manual restart)."""
+    rendered = overlay[1]
+    assert _by_kind(rendered, "Secret") == []
+    mlflow = _one(rendered, "Deployment", "ptr-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "ptr-s3-credentials"}} in mlflow["envFrom"]
+
+
+def test_mlflow_store_takes_its_writers(overlay):
+    """Item 18: sqlite takes one writer, so MLflow runs one worker and one replica; artifacts go to the
+    bucket the S3 component creates."""
+    rendered = overlay[1]
+    deployment = _one(rendered, "Deployment", "ptr-mlflow")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    args = " ".join(container["args"])
-    assert "--backend-store-uri=sqlite:////mlflow/mlflow.db" in args and "--serve-artifacts" in args
-    assert {"name": "backend", "mountPath": "/mlflow"} in container["volumeMounts"]
-    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-    (service,) = _by_kind(rendered, "Service")
-    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    args = container["args"]
+    assert "--backend-store-uri=sqlite:////mlflow/mlflow.db" in args and "--workers=1" in args
+    assert "--serve-artifacts" in args
+    config = _one(rendered, "ConfigMap", "ptr-mlflow")["data"]
+    bucket = config["MLFLOW_ARTIFACTS_DESTINATION"].removeprefix("s3://").split("/")[0]
+    s3 = _one(rendered, "Deployment", "ptr-s3")["spec"]["template"]["spec"]["containers"][0]
+    assert "ptr-mlflow ptr-data" in " ".join(s3["args"]) and bucket == "ptr-mlflow"
+    assert config["MLFLOW_S3_ENDPOINT_URL"] == "http://ptr-s3:8333"
+    service = _one(rendered, "Service", "ptr-s3")
+    assert service["spec"]["ports"][0]["port"] == 8333
+    mlflow_service = _one(rendered, "Service", "ptr-mlflow")
+    assert mlflow_service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-def test_gpu_overlay_serves_with_vllm_on_a_gpu():
-    (runtime,) = _by_kind(kustomize(REPO / "manifests/overlays/gpu"), "ServingRuntime")
-    container = runtime["spec"]["containers"][0]
-    assert container["image"].startswith("ptr-gpu:") and "--backend=vllm" in container["args"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["command"] == ["ptr"] and container["args"][0] == "serve"  # the patch kept the base
-    assert "--backend=transformers" not in container["args"]
+def test_shared_volume_is_writable_by_uid_1000(overlay):
+    """Item 19: storageClassName is a knob of every overlay; NFS-backed ReadWriteMany volumes ignore
+    fsGroup, so a one-shot job gives the volume's folders to the images' uid 1000."""
+    rendered = overlay[1]
+    pvc = _one(rendered, "PersistentVolumeClaim", "ptr-work")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["spec"]["storageClassName"]
+    job = _one(rendered, "Job", "ptr-work-init")["spec"]["template"]["spec"]
+    (container,) = job["containers"]
+    assert "chown 1000:1000 /mnt/ptr" in container["args"][0] and "/mnt/ptr/data" in container["args"][0]
+    assert {"name": "work", "persistentVolumeClaim": {"claimName": "ptr-work"}} in job["volumes"]
+    users = re.findall(r"--uid (\d+)", (REPO / "images/Dockerfile.gpu").read_text())
+    assert users == ["1000"]
+
+
+def test_gpu_overlays_serve_with_vllm_on_a_gpu():
+    for name in ("gpu", "gpu-standalone"):
+        (runtime,) = _by_kind(kustomize(REPO / "manifests/overlays" / name), "ServingRuntime")
+        container = runtime["spec"]["containers"][0]
+        assert container["image"] == "registry.example.com/ptr/ptr-gpu:0.1.0"
+        assert "--backend=vllm" in container["args"] and "--backend=transformers" not in container["args"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert container["command"] == ["ptr"] and container["args"][0] == "serve"  # the patch kept the base
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
@@ -123,7 +288,8 @@ def test_no_secret_value_in_any_committed_manifest_or_pipeline():
     ]
     assert files
     pattern = re.compile(
-        r"(AWS_SECRET_ACCESS_KEY|AWS_ACCESS_KEY_ID|password|token)\s*[:=]\s*['\"]?([^'\"\s{}\[\]]+)", re.I
+        r"(?<![A-Za-z])(AWS_SECRET_ACCESS_KEY|AWS_ACCESS_KEY_ID|password|token)\s*[:=]\s*['\"]?([^'\"\s{}\[\]]+)",
+        re.I,
     )
     for path in files:
         for match in pattern.finditer(path.read_text()):

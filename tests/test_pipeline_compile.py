@@ -88,7 +88,8 @@ def test_cluster_settings_reach_every_task(tmp_path):
     assert gpu["resourceCount"] == "1"
     for name, e in executors.items():
         env = {v["name"]: v["value"] for v in e["container"].get("env", [])}
-        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.ptr.svc.cluster.local:5000", name
+        assert env["MLFLOW_TRACKING_URI"] == "http://ptr-mlflow:5000", name
+        assert env["AWS_ENDPOINT_URL"] == "http://ptr-s3:8333", name  # item 12: S3 wherever it is used
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(k8s) == set(executors)
     for name, settings in k8s.items():
