@@ -24,6 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ptr.prompts import REFINE_PROMPT
 from ptr.train.checkpoint import load_checkpoint_weights
 from tests.conftest import REPO
 from tests.support.procs import free_port
@@ -294,7 +295,6 @@ def test_two_nodes_agree_on_losses_and_parameters(encoded, tmp_path):
             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
             "-m", "ptr.train", "--model_path", "tiny-random", "--data_path", str(encoded),
             "--output_path", str(tmp_path), "--save_name", "two", "--max_steps", "4", "--save_steps", "2",
-            "--loss_weights", "0.8,0.1,0.1",
         ]  # fmt: skip
         procs.append(
             subprocess.Popen(
@@ -313,8 +313,19 @@ def test_two_nodes_agree_on_losses_and_parameters(encoded, tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4] and records[-1]["loss"] == rank0["loss"]
     # Each step's tokens are summed over both ranks: more than either rank's micro-batches hold alone.
     assert all(r["tokens"] > 0 for r in records)
-    provenance = json.loads((tmp_path / "two" / "final" / "ptr_train.json").read_text())
+    assert "loss weights λ1,λ2,λ3 = 0.8,0.1,0.1 from the corpus" in outputs[0][1]  # encode's ptr weights
+    final = tmp_path / "two" / "final"
+    provenance = json.loads((final / "ptr_train.json").read_text())
     assert provenance["params_sha256"] == rank0["params_sha256"]
+    # What evaluation and serving need to present the model with what it was trained on.
+    assert provenance["refine_prompt"] == REFINE_PROMPT and provenance["loss_weights"] == [0.8, 0.1, 0.1]
+    assert provenance["layout"]["kind"] == "ptr_chat" and provenance["layout"]["chat_template"] is True
+    from ptr.models import load_tokenizer
+
+    eos = json.loads((final / "generation_config.json").read_text())["eos_token_id"]
+    eos = eos if isinstance(eos, list) else [eos]
+    # the chat template's end of turn, where trained answers end
+    assert load_tokenizer(final).convert_tokens_to_ids("<|im_end|>") in eos
 
     from tests.conftest import run_ptr
 
@@ -322,6 +333,21 @@ def test_two_nodes_agree_on_losses_and_parameters(encoded, tmp_path):
                       "--question", "What is 6 * 7?", "--max_new_tokens", "4", "--dtype", "float32")  # fmt: skip
     assert refined.returncode == 0, refined.stderr[-2000:]
     assert "Round 2" in refined.stdout
+
+
+def test_an_answer_only_corpus_trains_with_its_own_weights(corpus, fp32_config, tmp_path):
+    """A corpus encoded as qa carries λ = 1,0,0 in its meta.json; without --loss_weights the run uses
+    them, so its loss is its NLL term alone."""
+    qa = tmp_path / "qa"
+    shutil.copytree(corpus, qa)
+    meta = json.loads((qa / "meta.json").read_text())
+    (qa / "meta.json").write_text(json.dumps({**meta, "loss_weights": [1.0, 0.0, 0.0]}))
+    proc = run_train("--model_path", "tiny-random", "--data_path", qa, "--output_path", tmp_path,
+                     "--deepspeed_config_path", fp32_config, "--save_name", "qa", "--max_steps", 2)  # fmt: skip
+    assert f"loss weights λ1,λ2,λ3 = 1,0,0 from the corpus ({qa}/meta.json)" in proc.stderr
+    records = metrics(tmp_path / "qa")
+    assert all(r["loss"] == pytest.approx(r["nll"], rel=1e-6) and r["consistency"] != 0 for r in records)
+    assert json.loads((tmp_path / "qa" / "final" / "ptr_train.json").read_text())["loss_weights"] == [1, 0, 0]
 
 
 def test_lora_from_scratch_and_from_a_checkpoint(common, reference, tiny_path, monkeypatch):
