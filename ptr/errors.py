@@ -18,13 +18,25 @@ class PtrError(Exception):
 
 
 class InputError(PtrError):
-    """Bad content in an input file, located as ``file:line: field: reason``."""
+    """Bad content in an input file, located as ``file:line: field: reason`` (``file[index]: …`` for
+    an item of a JSON array). It pickles with its parts, so worker processes hand it back whole."""
 
-    def __init__(self, path, line: int | None, reason: str, field: str | None = None):
-        self.path, self.line, self.field, self.reason = str(path), line, field, reason
+    def __init__(
+        self, path, line: int | None, reason: str, field: str | None = None, *, index: int | None = None
+    ):
+        self.path, self.line, self.field, self.reason, self.index = str(path), line, field, reason, index
         where = self.path if line is None else f"{self.path}:{line}"
+        if index is not None:
+            where = f"{where}[{index}]"
         what = f"{field}: {reason}" if field else reason
         super().__init__(f"{where}: {what}")
+
+    def __reduce__(self):
+        return _input_error, (self.path, self.line, self.reason, self.field, self.index)
+
+
+def _input_error(path, line, reason, field, index):
+    return InputError(path, line, reason, field, index=index)
 
 
 def cli_errors(func):

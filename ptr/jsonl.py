@@ -1,7 +1,6 @@
-"""JSONL and atomic file writes shared by every stage.
+"""Atomic file writes shared by every stage: a file is published only once it is complete.
 
-Readers validate every line before a stage starts working, so bad input fails fast with
-``file:line: reason``; writers publish a file only once it is complete.
+Reading records is :mod:`ptr.records`' job (one reader for every stage).
 """
 
 from __future__ import annotations
@@ -10,68 +9,10 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from ptr.errors import InputError
-
-try:  # a dependency of our dependencies; about 3x faster on the lines stages read by the million
-    from orjson import loads as _fast_loads
-except ImportError:  # pragma: no cover
-    _fast_loads = None
-
-
-def loads(line: str):
-    """``json.loads``, through orjson when it is there. orjson is stricter (NaN, integers past 64 bits):
-    what it refuses, the standard parser decides, so results and error messages stay the standard ones."""
-    if _fast_loads is not None:
-        try:
-            return _fast_loads(line)
-        except ValueError:
-            pass
-    return json.loads(line)
-
-
-def read_jsonl(path, *, required: tuple[str, ...] = (), any_of: tuple[str, ...] = ()) -> list[dict]:
-    """Read a JSONL file whole; every line must be a JSON object.
-
-    ``required`` fields must be present on every line; at least one of ``any_of`` must be present.
-    Blank lines are skipped. Errors name the file and 1-based line.
-    """
-    return [record for _, record in iter_jsonl(path, required=required, any_of=any_of)]
-
-
-def iter_jsonl(
-    path, *, required: tuple[str, ...] = (), any_of: tuple[str, ...] = ()
-) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` pairs, validated as :func:`read_jsonl` describes."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, None, "no such file")
-    with open(path, encoding="utf-8", errors="strict") as f:
-        lineno = 0
-        while True:
-            try:
-                line = f.readline()
-            except UnicodeDecodeError as err:
-                raise InputError(path, lineno + 1, f"not valid UTF-8 ({err.reason})") from None
-            if not line:
-                break
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                record = loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(path, lineno, f"invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise InputError(path, lineno, f"expected a JSON object, got {type(record).__name__}")
-            for key in required:
-                if key not in record:
-                    raise InputError(path, lineno, "missing required field", field=key)
-            if any_of and not any(k in record for k in any_of):
-                raise InputError(path, lineno, f"needs one of the fields {', '.join(any_of)}")
-            yield lineno, record
 
 
 @contextlib.contextmanager

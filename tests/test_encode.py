@@ -18,8 +18,9 @@ import pytest
 from ptr.encode import ANSWER, IGNORE, ShardDataset, ShardWriter
 from ptr.encode.cli import main as encode_main
 from ptr.encode.encoder import choose_dtype, config, encode
-from ptr.errors import PtrError
+from ptr.errors import InputError, PtrError
 from ptr.prompts import REFINE_PROMPT
+from ptr.records import Where
 from tests.conftest import REPO
 
 
@@ -158,7 +159,7 @@ def test_layout_matches_the_template_and_the_inference_prompt(ref):
                 prompt = tok.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
                 assert text[:start] == prompt
         codes = [IGNORE] + [c for t in range(1, len(messages) // 2) for c in (t, IGNORE)] + [ANSWER]
-        [(ids, segments)] = layout.encode_batch([Example("x", messages=messages, codes=codes)])
+        [(ids, segments)] = layout.encode_batch([Example(Where("x"), messages=messages, codes=codes)])
         assert tok.decode(ids) == text
         assert set(np.unique(segments).tolist()) == {IGNORE, ANSWER, *range(1, len(messages) // 2)}
 
@@ -188,15 +189,18 @@ def test_content_sensitive_templates_are_rendered_per_example(tiny_tok):
         tok.chat_template = template
         layout = ChatLayout(tok, end_of_turn=["<|im_end|>"])
         assert not layout.agnostic
-        [(ids, segments)] = layout.encode_batch([Example("x", messages=messages, codes=[0, 1, 0, ANSWER])])
+        [(ids, segments)] = layout.encode_batch(
+            [Example(Where("x"), messages=messages, codes=[0, 1, 0, ANSWER])]
+        )
         assert tok.decode(ids) == tok.apply_chat_template(messages, tokenize=False)
         assert tok.decode(ids[segments == 1]) == f"A first{quote}<|im_end|>"  # the span starts at the content
         assert tok.decode(ids[segments == ANSWER]) == f"A second{quote}<|im_end|>"
     rewritten = [*messages[:3], {"role": "assistant", "content": "<think>hmm</think>A second"}]
     layout = ChatLayout(tok.__class__.from_pretrained(tiny_tok.name_or_path), end_of_turn=["<|im_end|>"])
     layout.tokenizer.chat_template = inspects
-    [error] = layout.encode_batch([Example("t.jsonl:7", messages=rewritten, codes=[0, 1, 0, ANSWER])])
-    assert error == "t.jsonl:7: chat template: the chat template does not reproduce message 3's content"
+    [error] = layout.encode_batch([Example(Where("t.jsonl", 7), messages=rewritten, codes=[0, 1, 0, ANSWER])])
+    assert isinstance(error, InputError) and (error.path, error.line) == ("t.jsonl", 7)
+    assert str(error) == "t.jsonl:7: chat template: the chat template does not reproduce message 3's content"
 
 
 def test_content_agnostic_analysis():
@@ -357,7 +361,7 @@ def test_paper_sample_json_array(tmp_path, data_dir, tiny_tok):
     assert answer == first["output2"].strip() + "<|im_end|>"
 
 
-def test_folder_of_jsonl_and_json_array_with_line_numbers(tmp_path):
+def test_folder_of_jsonl_and_json_array_with_positions(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     write_jsonl(folder / "a.jsonl", [thought_record(1)])
@@ -369,7 +373,7 @@ def test_folder_of_jsonl_and_json_array_with_line_numbers(tmp_path):
     array.write_text(
         '[\n  {"question": "q", "output1": "t", "output2": "a"},\n  {"question": "q", "output1": "t"}\n]\n'
     )
-    with pytest.raises(PtrError, match=rf"{array}:3: output2: needs output1 \(the thought\)"):
+    with pytest.raises(PtrError, match=rf"{array}\[1\]: output2: needs output1 \(the thought\)"):
         run_encode(tmp_path, None, input=str(array), name="arr")
 
 

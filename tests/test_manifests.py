@@ -36,7 +36,10 @@ def _one(objects: list[dict], kind: str, name: str) -> dict:
 
 
 def _pod_specs(objects: list[dict]) -> list[dict]:
-    return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "Job")]
+    specs = [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "Job")]
+    return specs + [
+        o["spec"]["jobTemplate"]["spec"]["template"]["spec"] for o in objects if o["kind"] == "CronJob"
+    ]
 
 
 def test_every_object_validates(overlay):
@@ -162,13 +165,8 @@ def test_kfp_modes(overlay):
 
 
 def _images(objects: list[dict]) -> list[str]:
-    found = []
-    for obj in objects:
-        if obj["kind"] not in ("Deployment", "Job", "ServingRuntime"):
-            continue
-        spec = obj["spec"]["template"]["spec"] if obj["kind"] != "ServingRuntime" else obj["spec"]
-        found += [c["image"] for c in spec.get("containers", []) + spec.get("initContainers", [])]
-    return found
+    specs = _pod_specs(objects) + [o["spec"] for o in objects if o["kind"] == "ServingRuntime"]
+    return [c["image"] for spec in specs for c in spec.get("containers", []) + spec.get("initContainers", [])]
 
 
 def test_images_are_registry_qualified(overlay):
@@ -260,6 +258,37 @@ def test_shared_volume_is_writable_by_uid_1000(overlay):
     assert {"name": "work", "persistentVolumeClaim": {"claimName": "ptr-work"}} in job["volumes"]
     users = re.findall(r"--uid (\d+)", (REPO / "images/Dockerfile.gpu").read_text())
     assert users == ["1000"]
+
+
+def test_run_folders_have_a_retention_that_spares_the_served_models(overlay):
+    """Item 11: runs/<run id>/ is scratch once a run ends; a nightly CronJob deletes folders older
+    than its -mtime, only under runs/ (production serves models/<name>/<version>/)."""
+    cron = _one(overlay[1], "CronJob", "ptr-work-retention")
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    command = container["args"][0]
+    assert command.startswith("find /mnt/ptr/runs -mindepth 1 -maxdepth 1") and re.search(
+        r"-mtime \+\d+", command
+    )
+    assert "/mnt/ptr/models" not in command and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert {"name": "work", "persistentVolumeClaim": {"claimName": "ptr-work"}} in spec["volumes"]
+
+
+def test_data_loader_puts_benchmark_data_where_the_evaluate_steps_read_it():
+    """Item 20: manifests/tools/data-loader.yaml mounts the work volume at the example config's mount
+    path; ``kubectl cp`` into it lands under evaluate.data_dir."""
+    (pod,) = [d for d in yaml.safe_load_all((REPO / "manifests/tools/data-loader.yaml").read_text()) if d]
+    validate_core(pod)
+    config = yaml.safe_load((REPO / "pipelines/configs/cluster-example.yaml").read_text())
+    mount = config["run"]["cluster"]["storage"]["mount_path"]
+    (container,) = pod["spec"]["containers"]
+    assert container["volumeMounts"] == [{"name": "work", "mountPath": mount}]
+    assert (
+        pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        == config["run"]["cluster"]["storage"]["pvc"]
+    )
+    assert config["evaluate"]["data_dir"] == f"{mount}/data" and "/mnt/ptr/data" in container["command"][-1]
+    assert "/" in container["image"] and container["image"].split("/")[0] == "docker.io"
 
 
 def test_gpu_overlays_serve_with_vllm_on_a_gpu():

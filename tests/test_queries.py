@@ -57,7 +57,7 @@ def test_fields_messages_instruction_and_json_array(tmp_path):
     assert texts == ["Name a prime.", "Translate to French.\n\nGood morning", "What is rain?"]
     arr = tmp_path / "arr.json"
     arr.write_text(json.dumps([{"question": "a b c"}, {"question": "d e f"}]))
-    assert [q.source for q in read_queries(str(arr))] == ["arr.json:item 0", "arr.json:item 1"]
+    assert [q.source for q in read_queries(str(arr))] == ["arr.json[0]", "arr.json[1]"]
 
 
 def test_sampling_is_deterministic_per_seed_and_keeps_input_order(tmp_path):
@@ -146,7 +146,7 @@ def test_cli_writes_output_and_summary(tmp_path):
     "body, expected",
     [
         ('{"question": "ok"}\n{"question": \n', ":2: invalid JSON"),
-        ('{"question": "ok"}\n{"text": "x"}\n', ":2: needs one of the fields query, question"),
+        ('{"question": "ok"}\n{"text": "x"}\n', ":2: needs a query: one of the fields query, question"),
         ('{"question": 5}\n', ":1: question: expected a string, got int"),
         ('{"messages": [{"role": "assistant", "content": "x"}]}\n', ":1: messages: no user message"),
     ],
@@ -188,4 +188,4 @@ def test_hugging_face_dataset_input(tmp_path):
     )
     got = read_queries(f"hf:{folder}", split="train")
     assert [q.text for q in got] == ["Explain tides.", "Explain wind."]
-    assert got[1].source == "ds:row 1"
+    assert got[1].source == "ds[1]"

@@ -20,10 +20,10 @@ from ptr.data import outputs
 from ptr.data.cleaning import clean_generated, stops_for
 from ptr.data.config import build, default
 from ptr.data.models import BackendName, ModelPool, parse_spec
-from ptr.data.sources import TEXT_FIELDS, text_at
-from ptr.errors import InputError, PtrError, cli_errors
+from ptr.errors import PtrError, cli_errors
 from ptr.inference import SamplingParams
-from ptr.jsonl import iter_jsonl, write_jsonl
+from ptr.jsonl import write_jsonl
+from ptr.records import query_text, read_records
 
 
 class GenerateConfig(BaseModel):
@@ -66,15 +66,11 @@ def paper_prompt(question: str) -> str:
 def load_prompts(paths: list[str], data_len: int) -> list[str]:
     """The first ``data_len`` questions over all prompt files, validated before any model loads."""
     questions = []
-    from ptr import storage
-
     for path in paths:
-        local = storage.fetch(path)
-        for lineno, record in iter_jsonl(local):
-            text = text_at(record, path, lineno)
+        for where, record in read_records(path):
+            field, text = query_text(record, where)
             if not text.strip():
-                field = next((f for f in TEXT_FIELDS if f in record), None)
-                raise InputError(path, lineno, "must be a non-empty string", field=field)
+                raise where.error("must be a non-empty string", field)
             questions.append(text.strip())
     return questions[:data_len]
 

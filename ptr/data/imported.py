@@ -18,45 +18,14 @@ stops the run before anything is written, naming ``file:line`` (or ``file[index]
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 from ptr.data import filters
 from ptr.data.cleaning import clean_generated
 from ptr.data.queries import query_id
-from ptr.data.sources import _locate, _records_of_dataset, _records_of_file
 from ptr.data.thoughts_config import ThoughtsConfig
-from ptr.errors import InputError
+from ptr.records import Where, is_paper_record, paper_outputs, query_text, read_records
 
 IMPORT_FILTERS = ("truncated", "answer_truncated", "empty", "repeated", "meta_answer")
-
-
-class Where:
-    """A record's place in the input, for errors: ``file:line`` or ``file[index]``."""
-
-    def __init__(self, path: str, line: int | None = None, index: int | None = None):
-        self.path, self.line, self.index = path, line, index
-
-    def __str__(self) -> str:
-        if self.line is not None:
-            return f"{self.path}:{self.line}"
-        return self.path if self.index is None else f"{self.path}[{self.index}]"
-
-    def error(self, reason: str, field: str | None = None) -> InputError:
-        path = self.path if self.index is None else f"{self.path}[{self.index}]"
-        return InputError(path, self.line, reason, field)
-
-
-def read_input(spec: str, split: str = "train") -> Iterator[tuple[Where, dict]]:
-    """Every record of ``spec`` with its place (the one spot to swap for the project's record reader)."""
-    kind, found = _locate(spec)
-    if kind == "dataset":
-        for i, (name, _, _, record) in enumerate(_records_of_dataset(str(found), split)):
-            yield Where(name, index=i), record
-        return
-    name = spec if spec.startswith("s3://") else str(found)
-    for i, (_, line, _, record) in enumerate(_records_of_file(Path(found))):
-        yield Where(name, line, None if line is not None else i), record
 
 
 def _text(value, where: Where, field: str) -> str:
@@ -84,14 +53,9 @@ def _step(value, where: Where, field: str, round: int | None = None) -> dict:
 
 
 def _paper_chain(record: dict, where: Where) -> tuple[str, list[dict], dict]:
-    n = 1
-    while f"output{n + 1}" in record:
-        n += 1
-    if n < 2:
-        raise where.error("needs output1 (a thought) and output2 (the final answer)", "output2")
-    thoughts = [_step(record[f"output{t}"], where, f"output{t}", t) for t in range(1, n)]
-    answer = _step(record[f"output{n}"], where, f"output{n}")
-    return _query(record, where, ("question", "query")), thoughts, answer
+    *thoughts, answer = paper_outputs(record, where)
+    thoughts = [_step(text, where, f"output{t}", t) for t, text in enumerate(thoughts, 1)]
+    return _query(record, where), thoughts, _step(answer, where, f"output{len(thoughts) + 1}")
 
 
 def _ptr_chain(record: dict, where: Where) -> tuple[str, list[dict], dict | None]:
@@ -102,21 +66,18 @@ def _ptr_chain(record: dict, where: Where) -> tuple[str, list[dict], dict | None
         raise where.error(f"must be a list, got {type(record['thoughts']).__name__}", "thoughts")
     thoughts = [_step(t, where, f"thoughts[{i}]", i + 1) for i, t in enumerate(record["thoughts"])]
     answer = None if record["answer"] is None else _step(record["answer"], where, "answer")
-    return _query(record, where, ("query", "question")), thoughts, answer
+    return _query(record, where), thoughts, answer
 
 
-def _query(record: dict, where: Where, keys: tuple[str, ...]) -> str:
-    key = next((k for k in keys if k in record), None)
-    if key is None:
-        raise where.error(f"needs a query: one of the fields {', '.join(keys)}")
-    return _text(
-        record[key], where, key
-    )  # an empty query drops its record ("empty"), as in the paper's sample
+def _query(record: dict, where: Where) -> str:
+    """The query, from the project's one list of query fields; an empty one drops its record
+    ("empty"), as one of the paper's sample does."""
+    return clean_generated(query_text(record, where)[1])
 
 
 def import_record(record: dict, where: Where, config: ThoughtsConfig) -> dict:
     """One input record as a thoughts.jsonl record, with the text filters' decision."""
-    query, thoughts, answer = (_paper_chain if "output1" in record else _ptr_chain)(record, where)
+    query, thoughts, answer = (_paper_chain if is_paper_record(record) else _ptr_chain)(record, where)
     kept = record.get("kept", True)
     if not isinstance(kept, bool):
         raise where.error(f"must be true or false, got {kept!r}", "kept")
@@ -164,7 +125,7 @@ def load(config: ThoughtsConfig) -> list[dict]:
     writes anything. A record without an id gets its query's content hash (``-2``, ``-3`` … for more
     chains of one query); ids the input gives must be unique."""
     records, given, made = [], {}, Counter()
-    for where, raw in read_input(config.thoughts_input):
+    for where, raw in read_records(config.thoughts_input):
         record = import_record(raw, where, config)
         if record["id"] is None:
             qid = query_id(record["query"])

@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ptr.data import decontam, outputs
 from ptr.data.config import build, default
-from ptr.data.sources import BUILTIN, TEXT_FIELDS, read_queries
+from ptr.data.sources import BUILTIN, read_queries
 from ptr.errors import cli_errors
 from ptr.jsonl import write_json, write_jsonl
+from ptr.records import QUERY_FIELDS
 
 # Reasons a query is dropped, in the order the checks run.
 REASONS = ("empty", "too_short", "too_long", "duplicate", "near_duplicate", "contaminated", "not_sampled")
@@ -32,7 +33,7 @@ class QueriesConfig(BaseModel):
 
     inputs: list[str] = Field(default_factory=lambda: [BUILTIN], min_length=1)
     output_path: str
-    field: str | None = None  # None: the first of query, question, instruction, prompt, messages
+    field: str | None = None  # None: the first of ptr.records.QUERY_FIELDS present
     split: str = "train"  # for Hugging Face datasets
     decontaminate_dir: str | None = None
     ngram: int = Field(13, ge=1)
@@ -134,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
         help="JSONL/JSON files, s3:// URIs, Hugging Face datasets (hf:name or org/name), or 'builtin'",
     )
     p.add_argument("--output_path", required=True, help="queries JSONL (local path or s3:// URI)")
-    p.add_argument("--field", help=f"the text field (default: the first of {', '.join(TEXT_FIELDS)})")
+    p.add_argument("--field", help=f"the text field (default: the first of {', '.join(QUERY_FIELDS)})")
     p.add_argument(
         "--split", default=default(QueriesConfig, "split"), help="dataset split for Hugging Face inputs"
     )

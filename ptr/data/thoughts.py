@@ -30,7 +30,8 @@ from ptr.data.models import ModelPool
 from ptr.data.queries import query_id
 from ptr.data.thoughts_config import ThoughtsConfig
 from ptr.errors import InputError, PtrError, cli_errors
-from ptr.jsonl import append_jsonl, iter_jsonl, repair_jsonl, write_json, write_jsonl
+from ptr.jsonl import append_jsonl, repair_jsonl, write_json, write_jsonl
+from ptr.records import iter_jsonl
 
 __all__ = ["ThoughtsConfig", "final_answer_conversation", "main", "run_thoughts", "summarize"]
 

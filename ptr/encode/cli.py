@@ -23,7 +23,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer_path", required=True, help="any model reference ptr.models accepts")
     p.add_argument("--output_path", required=True, help="folder (or s3:// prefix) that gets <corpus_name>/")
     p.add_argument(
-        "--input", help="a JSONL file, a JSON array file, a folder of *.jsonl files, or an s3:// URI of them"
+        "--input",
+        help="a JSONL file (or .gz), a JSON array file, a folder of *.jsonl files, an s3:// URI of them, "
+        "or hf:dataset",
     )
     p.add_argument(
         "--data_loader_path", help="a Python file defining load(path) -> iterable of dicts (gets --input)"

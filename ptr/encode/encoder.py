@@ -26,12 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ptr import storage
 from ptr.encode.layout import ChatLayout, end_of_turn_tokens, tokenizer_hash, vocab_size
 from ptr.encode.packing import BestFitPacker
-from ptr.encode.records import Drop, Example, input_files, iter_input, iter_loader, to_example
+from ptr.encode.records import Drop, Example, iter_loader, to_example
 from ptr.encode.shards import ANSWER, IGNORE, MAX_THOUGHTS, ShardWriter
 from ptr.errors import InputError, PtrError
 from ptr.jsonl import write_json
 from ptr.procs import pid_alive
 from ptr.prompts import REFINE_PROMPT
+from ptr.records import read_records
 
 FORMAT_VERSION = 1
 # Examples per tokenizer batch and per worker task: the fast tokenizer costs less per text in big
@@ -183,11 +184,7 @@ def _publish_remote(local: Path, uri: str, shards: list[str]) -> None:
 # -- the run --------------------------------------------------------------------------------------
 
 
-def _examples(cfg: EncodeConfig, input_path: Path | None, counts: Counter) -> Iterator[Example]:
-    if cfg.data_loader_path:
-        records = iter_loader(cfg.data_loader_path, input_path)
-    else:
-        records = iter_input(input_path)
+def _examples(records, cfg: EncodeConfig, counts: Counter) -> Iterator[Example]:
     for where, record in records:
         counts["read"] += 1
         example = to_example(record, where, cfg.encode_type, cfg.refine_prompt)
@@ -195,14 +192,6 @@ def _examples(cfg: EncodeConfig, input_path: Path | None, counts: Counter) -> It
             counts[f"dropped:{example}"] += 1
             continue
         yield example
-
-
-def _where_error(message: str) -> InputError:
-    where, _, reason = message.partition(": chat template: ")
-    path, _, line = where.rpartition(":")
-    if path and line.isdigit():
-        return InputError(path, int(line), f"chat template: {reason}")
-    return InputError(where, None, f"chat template: {reason}")
 
 
 def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
@@ -222,9 +211,10 @@ def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
             "lays conversations out with it (use --encode_type pretrain for raw text)"
         )
     layout = ChatLayout(tokenizer, end_of_turn=end_of_turn_tokens(tokenizer, model_dir))
-    input_path = storage.fetch(cfg.input) if cfg.input else None
-    if not cfg.data_loader_path:
-        input_files(input_path)  # a missing input fails before any folder is made
+    if cfg.data_loader_path:
+        records = iter_loader(cfg.data_loader_path, str(storage.fetch(cfg.input)) if cfg.input else None)
+    else:
+        records = read_records(cfg.input)  # a missing input fails here, before any folder is made
 
     remote = storage.is_remote(cfg.output_path)
     if remote:
@@ -244,7 +234,7 @@ def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
     try:
         writer = ShardWriter(staging, dtype, cfg.tokens_per_file)
         packer = BestFitPacker(cfg.max_length) if cfg.merge_data else None
-        chunks = _chunks(_examples(cfg, input_path, counts), CHUNK)
+        chunks = _chunks(_examples(records, cfg, counts), CHUNK)
         if num_proc > 1:
             pool = multiprocessing.get_context("fork").Pool(num_proc, _init_worker, (layout,))
             encoded = _ordered_map(pool, chunks, ahead=2 * num_proc)
@@ -253,8 +243,8 @@ def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
         with tqdm(desc=f"encode {cfg.corpus_name}", unit="ex", file=sys.stderr, mininterval=2) as bar:
             for results in encoded:
                 for result in results:
-                    if isinstance(result, str):
-                        raise _where_error(result)
+                    if isinstance(result, InputError):
+                        raise result
                     for seq in _sequences(result, cfg, packer, counts):
                         _write(writer, seq, counts, segment_tokens)
                 bar.update(len(results))

@@ -158,7 +158,8 @@ class ChatLayout:
     # -- encoding -----------------------------------------------------------------------------------
 
     def encode_batch(self, examples: list[Example]) -> list[tuple[np.ndarray, np.ndarray] | str]:
-        """Per example ``(ids int32, segments uint8)``, or an error message for that example."""
+        """Per example ``(ids int32, segments uint8)``, or the :class:`InputError` that example raised
+        (it pickles, so worker processes hand it back whole)."""
         results: list = [None] * len(examples)
         chats, raws = [], []
         for i, ex in enumerate(examples):
@@ -170,7 +171,7 @@ class ChatLayout:
                 try:
                     text, spans = self.render(ex.messages)
                 except Exception as err:  # jinja raise_exception, a role order the template refuses
-                    results[i] = f"{ex.where}: chat template: {err}"
+                    results[i] = ex.where.error(f"chat template: {err}")
                     texts.append("")
                     all_spans.append([])
                     continue

@@ -22,7 +22,7 @@ from ptr.evaluate.results import (
 )
 from ptr.evaluate.task import Doc, Task
 from ptr.inference import SamplingParams, refine
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 PLAIN_STOP = ("\nQuestion:",)  # a plain-text prompt's answer ends where the model starts a new question
 

@@ -7,8 +7,9 @@ import sys
 
 from ptr.errors import InputError, PtrError, cli_errors
 from ptr.inference import BACKENDS, SamplingParams, load_backend, refine, validate_conversation
-from ptr.jsonl import iter_jsonl, write_jsonl
+from ptr.jsonl import write_jsonl
 from ptr.prompts import REFINE_PROMPT
+from ptr.records import iter_jsonl
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:

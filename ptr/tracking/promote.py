@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptr.errors import PtrError
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 from ptr.tracking import promotion, tracking_uri
 from ptr.tracking.registry import CANDIDATE, CHAMPION, client, get_version
 

@@ -33,6 +33,7 @@ from ptr.encode.encoder import EncodeConfig, encode  # noqa: E402
 from ptr.encode.records import ptr_example  # noqa: E402
 from ptr.models import load_tokenizer  # noqa: E402
 from ptr.prompts import REFINE_PROMPT  # noqa: E402
+from ptr.records import Where  # noqa: E402
 
 TOKENIZER = "smollm2-135m-instruct"
 
@@ -88,7 +89,7 @@ def main() -> int:
     tokenizer = load_tokenizer(TOKENIZER)
     records = make_records(args.examples)
     texts = [
-        tokenizer.apply_chat_template(ptr_example(r, "bench", REFINE_PROMPT).messages, tokenize=False)
+        tokenizer.apply_chat_template(ptr_example(r, Where("bench"), REFINE_PROMPT).messages, tokenize=False)
         for r in records
     ]
     work = Path(tempfile.mkdtemp(prefix="ptr-bench-encode-"))

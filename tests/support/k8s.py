@@ -223,6 +223,21 @@ class FakeKube:
         del self.custom[key]
         self.statuses.pop(key, None)
 
+    def list_namespaced_custom_object(self, group, version, namespace, plural, **kw):
+        self.calls.append(("list", plural, namespace, None))
+        self._fail("list_namespaced_custom_object")
+        if f"{plural}.{group}" not in self.crds:
+            raise api_error(404)  # what the API server answers for a resource type it does not know
+        items = [o for (g, p, ns, _), o in self.custom.items() if (g, p, ns) == (group, plural, namespace)]
+        return {"items": items}
+
+    def list_cluster_custom_object(self, group, version, plural, **kw):
+        self.calls.append(("list", plural, "", None))
+        self._fail("list_cluster_custom_object")
+        if f"{plural}.{group}" not in self.crds:
+            raise api_error(404)
+        return {"items": []}
+
     # -- CoreV1Api
     def list_namespaced_pod(self, namespace, label_selector=None, **kw):
         self.calls.append(("list", "pods", namespace, label_selector))

@@ -12,7 +12,7 @@ from pathlib import Path
 from ptr.errors import InputError
 from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, MultipleChoiceTask
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 
 def stem_choices_doc(row: dict, where, line) -> Doc:

@@ -13,7 +13,7 @@ from pathlib import Path
 from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, MultipleChoiceTask
 from ptr.evaluate.tasks.arc import hub_stem_choices_doc, stem_choices_doc
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 
 def parse_cot_prompt(path: Path) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from ptr.errors import InputError
 from ptr.evaluate.extract import answer_statements, clean_statement
 from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, Scored, Task, parse_qa_file
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)

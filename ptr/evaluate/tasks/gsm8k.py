@@ -17,7 +17,7 @@ from ptr.errors import InputError
 from ptr.evaluate.extract import normalize_number
 from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, NumericTask, parse_qa_file
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 
 class Gsm8kOptions(BaseModel):

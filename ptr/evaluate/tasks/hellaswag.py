@@ -14,7 +14,7 @@ from pathlib import Path
 from ptr.errors import InputError, PtrError
 from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, MultipleChoiceTask
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 STEM = "Which ending continues the text most plausibly?\n{ctx} ..."
 

@@ -16,7 +16,7 @@ from ptr.errors import InputError
 from ptr.evaluate.extract import answer_statements, boxed, clean_statement
 from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, Task, parse_qa_file
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 WRAPPER = (
     "Solve the following math problem step by step. The last line of your response should be of the form "

@@ -11,7 +11,7 @@ from pathlib import Path
 from ptr.errors import InputError
 from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, MultipleChoiceTask, parse_qa_file
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 
 def winogrande_doc(row: dict, where, line) -> Doc:

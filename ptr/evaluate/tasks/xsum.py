@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, Scored, Task, parse_qa_file
-from ptr.jsonl import iter_jsonl
+from ptr.records import iter_jsonl
 
 _LABEL = re.compile(
     r"^\s*(?:\*\*)?(?:here is |here's )?(?:a |the )?(?:one[- ]sentence )?summary(?: of the article)?\s*(?:is)?\s*[:\-]?(?:\*\*)?\s*",
