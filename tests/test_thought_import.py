@@ -99,7 +99,10 @@ def test_a_thoughts_jsonl_imports_with_its_metadata(tmp_path):
 @pytest.mark.parametrize(
     "body, expected",
     [
-        ('[{"question": "Q", "output1": "only one"}]', "[0]: output2: needs output1 (the thought) and output2"),
+        (
+            '[{"question": "Q", "output1": "only one"}]',
+            "[0]: output2: needs output1 (the thought) and output2",
+        ),
         ('[{"question": "Q", "output1": "a", "output2": 7}]', "[0]: output2: expected a string"),
         ('[{"output1": "a", "output2": "b"}]', "[0]: needs a query: one of the fields query, question"),
         (  # ids the input gives must be unique (chains of one query without ids get -2, -3 …)
