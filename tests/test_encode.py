@@ -142,7 +142,8 @@ def test_segment_codes_with_smollm2_template_and_its_default_system_prompt(tmp_p
 def test_layout_matches_the_template_and_the_inference_prompt(ref):
     """Training text is the template's text, and what precedes each assistant turn is exactly the
     prompt inference renders (add_generation_prompt) for the conversation so far."""
-    from ptr.encode.layout import ChatLayout, end_of_turn_tokens
+    from ptr.chat import end_of_turn_tokens
+    from ptr.encode.layout import ChatLayout
     from ptr.encode.records import Example
     from ptr.models import load_tokenizer, resolve
 

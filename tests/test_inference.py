@@ -1,7 +1,7 @@
 import pytest
 
 from ptr.inference import SamplingParams, continue_conversation, load_backend, refine
-from ptr.inference.hf import PrefixStore, TransformersBackend
+from ptr.inference.hf import TransformersBackend
 from ptr.prompts import REFINE_PROMPT
 
 QUESTIONS = [
@@ -47,26 +47,27 @@ def test_prefix_reuse_gives_identical_greedy_outputs(tiny_backend):
     assert texts(with_reuse) == texts(without)
 
 
-def test_prefix_store_skips_recomputing_the_prefix(tiny_backend):
+def test_prefix_session_skips_recomputing_the_prefix(tiny_backend):
     """Round 2 feeds only the tokens after the cached prefix to the model."""
     fed = []
     model = tiny_backend.model
     handle = model.model.embed_tokens.register_forward_hook(lambda m, inp, out: fed.append(inp[0].shape[1]))
     try:
-        store = PrefixStore(1)
+        session = tiny_backend.session()
         conv = [{"role": "user", "content": QUESTIONS[3]}]
         params = SamplingParams(max_new_tokens=6)
-        first = tiny_backend.generate([conv], params, prefix_store=store)[0]
+        first = tiny_backend.generate([conv], params, session=session, keys=["q"])[0]
         prompt1 = fed[0]
         fed.clear()
-        second = tiny_backend.generate([continue_conversation(conv, first.text)], params, prefix_store=store)[
-            0
-        ]
+        second = tiny_backend.generate(
+            [continue_conversation(conv, first.text)], params, session=session, keys=["q"], keep=False
+        )[0]
     finally:
         handle.remove()
     assert second.prompt_tokens > prompt1
     # the prefill of round 2 is much shorter than its prompt: the round-1 prompt was not recomputed
     assert fed[0] < second.prompt_tokens - prompt1 + 8
+    assert len(session) == 0  # keep=False: the conversation is over, its cache is not kept
 
 
 def test_batched_equals_one_at_a_time(tiny_backend):

@@ -53,3 +53,22 @@ def test_openai_backend_unreachable():
         OpenAIBackend(client_url, "m", backoff=0.01, max_retries=1, timeout=2).generate(
             ["x"], SamplingParams(max_new_tokens=2)
         )
+
+
+def test_openai_backend_ends_answers_at_the_turn_end_the_server_let_through(tmp_path):
+    """A server that returns special tokens as text and ignores stop strings: the client still ends
+    the answer at the end of the turn, and asks for it (the end-of-turn markers go out as stops)."""
+    port = free_port()
+    proc = start(
+        ["-m", "tests.support.openai_server", "--port", str(port), "--leak_turn_end"], log=tmp_path / "log"
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
+        client = OpenAIBackend(f"http://127.0.0.1:{port}/v1", concurrency=1)
+        params = SamplingParams(max_new_tokens=6, stop=("\nQuestion:",))
+        assert client.stops(params) == ["\nQuestion:", "<|im_end|>", "<|endoftext|>", "<|eot_id|>"]
+        (out,) = client.generate([[{"role": "user", "content": "hi"}]], params)
+    finally:
+        stop(proc)
+    assert "<|im_end|>" not in out.text and "invented" not in out.text
+    assert out.finish_reason == "stop"

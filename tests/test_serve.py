@@ -8,9 +8,11 @@ import httpx
 import pytest
 
 from ptr.inference import SamplingParams, refine
+from ptr.inference.kserve_client import KServeBackend
 from ptr.inference.openai_backend import EndpointError, OpenAIBackend
-from ptr.serve.client import KServeBackend
+from ptr.prompts import REFINE_PROMPT
 from tests.conftest import run_ptr
+from tests.support.hf_oracle import greedy_rounds
 from tests.support.procs import free_port
 from tests.support.serve import batch_metrics, ptr_server
 
@@ -348,7 +350,7 @@ def test_serve_cli_rejects_bad_arguments():
     assert proc.returncode == 2 and "no/such/model" in proc.stderr
 
 
-def test_eval_end_to_end_against_served_model(server, tmp_path):
+def test_eval_end_to_end_against_served_model(server, tmp_path, tiny_path):
     pytest.importorskip(
         "ptr.evaluate.cli", reason="`ptr eval` (the evaluation issue) is not on this branch yet"
     )
@@ -379,8 +381,12 @@ def test_eval_end_to_end_against_served_model(server, tmp_path):
 
     served_outputs = outputs("served")
     assert len(served_outputs) == 6 and all(len(r) == 2 for r in served_outputs)
-    # rounds run server-side give the same outputs as local evaluation of the same model
+    # rounds run server-side give the same outputs as local evaluation of the same model, and both are
+    # what transformers' own generate answers (an oracle that shares no code with ptr's backends)
     assert served_outputs == outputs("local")
+    lines = (tmp_path / "served" / "arith.predictions.jsonl").read_text().splitlines()
+    prompts = [json.loads(line)["prompt"] for line in lines]
+    assert served_outputs == greedy_rounds(tiny_path, prompts, 2, 8, REFINE_PROMPT)
 
 
 @pytest.mark.slow

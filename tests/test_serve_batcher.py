@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ptr.inference import SamplingParams, refine
+from ptr.inference import Backend, PrefixSession, SamplingParams, refine
 from ptr.serve.batcher import DynamicBatcher
 from ptr.serve.schema import RequestError
 
@@ -28,7 +28,7 @@ def test_concurrent_refines_are_batched_and_match_local(tiny_backend):
     real = tiny_backend.generate
 
     def spy(conversations, params, **kw):
-        calls.append((len(conversations), kw.get("prefix_store")))
+        calls.append((len(conversations), kw.get("session")))
         return real(conversations, params, **kw)
 
     async def main():
@@ -45,7 +45,9 @@ def test_concurrent_refines_are_batched_and_match_local(tiny_backend):
     assert texts(refined) == texts(refine(tiny_backend, convs, 3, PARAMS, refine_prompt="Refine."))
     assert sum(n for n, _ in calls) == 7 * 3
     assert max(n for n, _ in calls) == 4  # full batches
-    assert all(store is not None for _, store in calls)  # caches travel with their conversations
+    # one session for the server, caches kept under each conversation's key and dropped when it is over
+    assert all(isinstance(session, PrefixSession) and session is batcher.session for _, session in calls)
+    assert len(batcher.session) == 0
     assert batcher.largest_batch == 4
 
 
@@ -80,11 +82,15 @@ def test_overlong_job_fails_alone_and_batch_goes_on(tiny_backend):
 
 
 def test_backend_failure_reaches_its_jobs_only(tiny_backend):
-    class Flaky:
+    class Flaky(Backend):
         name = "flaky"
 
         def __init__(self):
             self.calls = 0
+
+        @classmethod
+        def from_options(cls, model_ref, options):
+            return cls()
 
         def generate(self, conversations, params, **_):
             self.calls += 1
@@ -109,7 +115,7 @@ def test_model_loads_pvc_reference_and_predicts(tmp_path, tiny_path, monkeypatch
     (tmp_path / "models-claim").mkdir()
     os.symlink(tiny_path, tmp_path / "models-claim" / "tiny")
     monkeypatch.setattr(ptr.storage, "PVC_ROOT", str(tmp_path))
-    model = RefiningModel("ptr", "pvc://models-claim/tiny", backend_options={"dtype": "float32"})
+    model = RefiningModel("ptr", "pvc://models-claim/tiny", dtype="float32")
     assert model.load() and model.ready
     body = {"instances": [{"messages": chat("hi")}], "parameters": {"rounds": 2, "max_new_tokens": 3}}
     out = asyncio.run(model.predict(body))
@@ -131,7 +137,7 @@ def test_model_loads_s3_reference_from_real_store(s3_store, tmp_path, tiny_path,
 
     monkeypatch.setenv("PTR_CACHE", str(tmp_path / "cache"))
     storage.publish(tiny_path, "s3://ptr/models/tiny")
-    model = RefiningModel("ptr", "s3://ptr/models/tiny", backend_options={"dtype": "float32"})
+    model = RefiningModel("ptr", "s3://ptr/models/tiny", dtype="float32")
     assert model.load()
     body = {
         "instances": [{"prompt": "Question: 1+1?\nAnswer:"}],

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from ptr.inference import SamplingParams
+from ptr.inference.kserve_client import KServeBackend
 from ptr.inference.openai_backend import OpenAIBackend
-from ptr.serve.client import KServeBackend
 from tests.support.serve import ptr_server
 
 pytestmark = [

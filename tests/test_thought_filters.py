@@ -15,17 +15,21 @@ import pytest
 from ptr.data.filters import FilterConfig, similarity, text_reason
 from ptr.data.models import ModelPool, parse_spec
 from ptr.data.thoughts import ThoughtsConfig, run_thoughts
-from ptr.inference import Completion
+from ptr.inference import Backend, Completion
 from ptr.prompts import FINAL_ANSWER_INSTRUCTION
 
 QUERIES = ["What is 7 times 8?", "Name three colors."]
 
 
-class ScriptedModel:
+class ScriptedModel(Backend):
     """Thought t is ``Thought t <query>``, the answer ``Final answer <query>`` (equal word counts, so the
     heuristic's length term is 0), judge verdicts as given; every call's budget is recorded."""
 
     name = model_name = "scripted"
+
+    @classmethod
+    def from_options(cls, model_ref, options):
+        return cls()
 
     def __init__(
         self, answer="Final answer {query}", answer_finish="stop", thought_finish="stop", verdicts=()
@@ -34,7 +38,7 @@ class ScriptedModel:
         self.verdicts = verdicts  # (answer as B, answer as A)
         self.budgets: dict[str, set[int]] = {}
 
-    def generate(self, conversations, params, **_):
+    def generate(self, conversations, params, *, progress=None, session=None, keys=None, keep=True):
         return [self._reply(conv, params) for conv in conversations]
 
     def _reply(self, conv, params) -> Completion:

@@ -64,7 +64,7 @@ class Chain:
     """One query on its way to a record: what was generated so far, the weak models' conversation, and
     why the chain stopped (None while it goes on)."""
 
-    slot: int  # position in the batch (its row in a prefix store)
+    slot: int  # position in the batch (its key in a model's prefix session)
     id: str
     query: str
     conversation: list[dict]
@@ -124,34 +124,16 @@ class ChainRun:
         return SamplingParams(JUDGE_MAX_NEW_TOKENS, 0.0, 1.0, 0, seed, stop)
 
     def fits(self, spec: ModelSpec, conversation) -> bool:
-        """Whether the prompt leaves room to generate, where the backend can tell (transformers)."""
-        backend = self.pool.get(spec)
-        limit = getattr(backend, "context_length", None)
-        if limit is None or not hasattr(backend, "encode"):
-            return True
-        return len(backend.encode(conversation)) + 1 <= limit
+        """Whether the prompt leaves room to generate, where the backend can tell."""
+        return self.pool.get(spec).fits(conversation)
 
-    def generate(self, spec: ModelSpec, conversations, params, *, store=None, progress=None):
-        backend = self.pool.get(spec)
-        kwargs = {"progress": progress}
-        if store is not None:
-            kwargs["prefix_store"] = store
-        outs = backend.generate(conversations, params, **kwargs)
+    def generate(self, spec: ModelSpec, conversations, params, *, session=None, keys=None, progress=None):
+        """``session``/``keys``: continue each conversation from its own earlier turns' cache."""
+        outs = self.pool.get(spec).generate(
+            conversations, params, progress=progress, session=session, keys=keys
+        )
         self.tokens[spec.label] += sum(o.completion_tokens for o in outs)
         return outs
-
-
-def _sub_store(stores: dict, spec: ModelSpec, backend, size: int, indices: list[int]):
-    """A prefix store for the rows ``indices`` of a batch, backed by one store per model, so a model
-    that continues its own conversation reuses the attention cache of its earlier turns."""
-    if getattr(backend, "name", "") != "transformers":
-        return None
-    from ptr.inference.hf import PrefixStore
-
-    full = stores.setdefault(spec.key, PrefixStore(size))
-    sub = PrefixStore(len(indices))
-    sub.entries = [full.entries[i] for i in indices]
-    return full, sub
 
 
 def process_batch(run: ChainRun, batch: list[dict], seed: int, progress=None) -> list[dict]:
@@ -180,7 +162,8 @@ def _drop_unfit(run: ChainRun, spec: ModelSpec, chains: list[Chain], prompts: li
 def write_thoughts(run: ChainRun, chains: list[Chain], seed: int, progress=None) -> None:
     """Round t: weak model (t−1) mod W continues each live conversation; the text filters run on each
     thought as it comes."""
-    c, stores = run.config, {}
+    c = run.config
+    sessions: dict = {}  # per model: a model that continues its own conversation reuses its cache
     for t in range(1, c.num_thoughts + 1):
         spec = run.weak[(t - 1) % len(run.weak)]
         live = [ch for ch in chains if ch.alive]
@@ -190,17 +173,16 @@ def write_thoughts(run: ChainRun, chains: list[Chain], seed: int, progress=None)
         live = _drop_unfit(run, spec, live, [ch.conversation for ch in live])
         if not live:
             return
-        pair = _sub_store(stores, spec, run.pool.get(spec), len(chains), [ch.slot for ch in live])
+        if spec.key not in sessions:
+            sessions[spec.key] = run.pool.get(spec).session()
         outs = run.generate(
             spec,
             [ch.conversation for ch in live],
             run.params(spec, "weak", seed + t),
-            store=pair[1] if pair else None,
+            session=sessions[spec.key],
+            keys=[ch.slot for ch in live],
             progress=progress,
         )
-        if pair:
-            for k, ch in enumerate(live):
-                pair[0].entries[ch.slot] = pair[1].entries[k]
         for ch, out in zip(live, outs, strict=True):
             text, previous = clean_generated(out.text), ch.last_thought
             ch.thoughts.append(

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from ptr.errors import PtrError
-from ptr.inference import BACKENDS, Backend, load_backend
+from ptr.inference import BACKENDS, Backend, BackendOptions, load_backend
 
 BackendName = Literal["transformers", "vllm", "openai"]
 
@@ -74,17 +74,11 @@ class ModelPool:
 
     def get(self, spec: ModelSpec) -> Backend:
         if spec.key not in self._loaded:
-            self._loaded[spec.key] = load_backend(
-                spec.backend, spec.ref, endpoint=spec.endpoint, **self._options(spec.backend)
+            options = BackendOptions(
+                dtype=self.dtype, batch_size=self.batch_size, device=self.device, endpoint=spec.endpoint
             )
+            self._loaded[spec.key] = load_backend(spec.backend, spec.ref, options)
         return self._loaded[spec.key]
-
-    def _options(self, backend: str) -> dict:
-        if backend == "transformers":
-            return {"dtype": self.dtype, "batch_size": self.batch_size, "device": self.device}
-        if backend == "vllm":
-            return {"dtype": None if self.dtype == "auto" else self.dtype}
-        return {"concurrency": self.batch_size}
 
     def __len__(self) -> int:
         return len(self._loaded)

@@ -24,7 +24,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ptr import storage
-from ptr.encode.layout import ChatLayout, end_of_turn_tokens, tokenizer_hash, vocab_size
+from ptr.chat import end_of_turn_tokens
+from ptr.encode.layout import ChatLayout, tokenizer_hash, vocab_size
 from ptr.encode.packing import BestFitPacker
 from ptr.encode.records import Drop, Example, iter_loader, to_example
 from ptr.encode.shards import ANSWER, IGNORE, MAX_THOUGHTS, ShardWriter

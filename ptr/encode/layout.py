@@ -12,7 +12,8 @@ and mapped to tokens with the fast tokenizer's offsets (``char_to_token``):
   with empty contents, and each example's contents are dropped in; the first few examples of each
   role sequence are still compared with a full render.
 * an assistant turn's span runs from its content through its end-of-turn token (the first
-  EOS/end-of-turn token the template writes after the content), so the model learns to stop.
+  EOS/end-of-turn token the template writes after the content, :func:`ptr.chat.end_of_turn_tokens`:
+  the tokens every backend stops at), so the model learns to stop.
 * a token that overlaps a span's characters belongs to it.
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 
@@ -33,26 +33,6 @@ from ptr.errors import PtrError
 OPEN, CLOSE = "\ue000", "\ue001"
 _MARKERS = re.compile(f"[{OPEN}{CLOSE}]")
 VERIFY_FIRST = 8  # examples of each role sequence checked against a full render
-
-
-def end_of_turn_tokens(tokenizer, model_dir: str | None = None) -> list[str]:
-    """Strings of the tokens that end an assistant turn: EOS, the generation config's EOS ids, and
-    the usual end-of-turn tokens the vocabulary has."""
-    from ptr.inference.hf import END_OF_TURN
-
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    if model_dir and (Path(model_dir) / "generation_config.json").is_file():
-        eos = json.loads((Path(model_dir) / "generation_config.json").read_text()).get("eos_token_id")
-        ids.update(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
-    backend = tokenizer.backend_tokenizer
-    ids.update(i for t in END_OF_TURN if (i := backend.token_to_id(t)) is not None)
-    tokens = {tokenizer.convert_ids_to_tokens(i) for i in ids}
-    special = set(tokenizer.all_special_tokens) | {
-        t.content for t in tokenizer.added_tokens_decoder.values() if t.special
-    }
-    return sorted((t for t in tokens if t and t in special), key=len, reverse=True)
 
 
 def tokenizer_hash(tokenizer) -> str:

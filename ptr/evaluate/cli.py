@@ -18,7 +18,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ptr.errors import PtrError, cli_errors  # noqa: E402
 from ptr.evaluate.config import FORMAT_TYPES, MODEL_TYPES, EvalConfig, default_model_name, load_task_configs  # noqa: E402
-from ptr.prompts import REFINE_PROMPT  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,7 +62,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=0, help="0 or -1 = no top-k cut")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--refine_prompt", default=REFINE_PROMPT)
+    p.add_argument(
+        "--refine_prompt",
+        help="the refine turn (default: the one the model was trained with, from its ptr_train.json, "
+        "else the paper's)",
+    )
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
     p.add_argument(
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             args.predictions,
             output_dir=out_dir,
             task_configs=task_configs,
+            data_dir=args.data_dir or None,
             seed=args.seed,
             n_boot=args.bootstrap,
             embedding_model=args.embedding_model,

@@ -17,9 +17,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ptr.errors import InputError, PtrError
-from ptr.prompts import REFINE_PROMPT
+from ptr.inference import BACKENDS
 
-MODEL_TYPES = ("transformers", "vllm", "openai", "kserve")
+MODEL_TYPES = BACKENDS
 FORMAT_TYPES = ("auto", "default", "chat")
 
 
@@ -47,7 +47,7 @@ class EvalConfig(BaseModel):
 
     model_path: str = Field(description="a model reference (ptr.models), or the served model's name")
     model_name: str | None = Field(default=None, description="the name results are filed under")
-    model_type: Literal["transformers", "vllm", "openai", "kserve"] = "transformers"
+    model_type: Literal[BACKENDS] = "transformers"  # type: ignore[valid-type]
     format_type: Literal["auto", "default", "chat"] = "auto"
     endpoint: str | None = None
     tasks: list[str] = Field(default_factory=lambda: ["arith"])
@@ -63,7 +63,10 @@ class EvalConfig(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, ge=0)
     seed: int = 0
-    refine_prompt: str = REFINE_PROMPT
+    refine_prompt: str | None = Field(
+        default=None,
+        description="None: the one the model was trained with (its ptr_train.json), else the paper's",
+    )
     batch_size: int = Field(default=16, ge=1)
     dtype: str = "auto"
     embedding_model: str = "minilm"

@@ -8,8 +8,10 @@ each extractor looks for an explicit final statement before it falls back to wea
 
 from __future__ import annotations
 
+import functools
 import re
 import string
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 # -- final-answer statements ----------------------------------------------------------------------
@@ -139,8 +141,30 @@ def extract_choice(text: str, labels: str, options: list[str] | None = None) -> 
     """
     if not text or not labels:
         return None
-    L = re.escape(labels)
-    lower = re.escape(labels.lower())
+    p = _choice_patterns(labels)
+    for phase in (_stated, _boxed_letter, _verdict, _bold_letter, _leading_letter, _letter_line):
+        got = phase(text, p)
+        if got:
+            return got
+    if options:
+        got = _match_option_text(text, labels, options)
+        if got:
+            return got
+    return _last_parenthesized(text, p)
+
+
+@dataclass(frozen=True)
+class _ChoicePatterns:
+    labels: str
+    L: str  # the labels, escaped for a character class
+    lower: str  # the same in lower case
+    letter: str  # a letter as a choice (see _choice_patterns)
+    named: str  # a letter after "option"/"choice" or before "is correct"
+
+
+@functools.cache
+def _choice_patterns(labels: str) -> _ChoicePatterns:
+    L, lower = re.escape(labels), re.escape(labels.lower())
     # A letter as a choice: "(B)", "[B]", "**B**", a bare "C" ("C because…"), and a bare "A" only where it
     # cannot be the article ("A.", "A)", "A" at the end, "A - …"; not "A computer is…").
     others = re.escape(labels.replace("A", ""))
@@ -152,64 +176,75 @@ def extract_choice(text: str, labels: str, options: list[str] | None = None) -> 
     )
     # after "option"/"choice" or before "is correct" a bare letter is unambiguous
     named = rf"(?:\(\s*([{L}{lower}])\s*\)|\*\*\s*\(?([{L}])\)?\s*\*\*|([{L}])(?![\w'’-]))"
+    return _ChoicePatterns(labels, L, lower, letter, named)
 
-    def pick(m: re.Match | None) -> str | None:
-        if not m:
-            return None
-        for g in m.groups():
-            if g:
-                return g.upper()
+
+def _first_group(m: re.Match | None) -> str | None:
+    """The letter a match caught (whichever alternative caught it), upper-cased."""
+    if not m:
         return None
+    for g in m.groups():
+        if g:
+            return g.upper()
+    return None
 
-    # 1. explicit statements ("answer is", "Answer:", "answer: option B")
+
+def _stated(text: str, p: _ChoicePatterns) -> str | None:
+    """1. An explicit statement ("answer is", "Answer:", "answer: option B"); the last one wins."""
     lead = r"[\s:*=\-]*(?:(?i:option|choice|letter)\s*)?[\s:*]*"
     for statement in answer_statements(text):
-        got = pick(re.match(lead + letter, statement))
+        got = _first_group(re.match(lead + p.letter, statement))
         if got:
             return got
         # the whole statement is a lower-case letter: "answer: b"
-        m = re.fullmatch(rf"[\s:*]*\(?([{lower}])\)?\**\.?\s*", statement)
+        m = re.fullmatch(rf"[\s:*]*\(?([{p.lower}])\)?\**\.?\s*", statement)
         if m:
             return m.group(1).upper()
-    # 2. \boxed{B}
+    return None
+
+
+def _boxed_letter(text: str, p: _ChoicePatterns) -> str | None:
+    """2. ``\\boxed{B}``."""
     inner = boxed(text)
-    if inner is not None:
-        m = re.fullmatch(rf"\s*(?:\\text\{{)?\(?([{L}])\)?\}}?\s*", inner)
-        if m:
-            return m.group(1)
-    # 3. "option C is correct", "(C) is the right answer", "I choose B", "I'd go with (D)"
+    if inner is None:
+        return None
+    m = re.fullmatch(rf"\s*(?:\\text\{{)?\(?([{p.L}])\)?\}}?\s*", inner)
+    return m.group(1) if m else None
+
+
+def _verdict(text: str, p: _ChoicePatterns) -> str | None:
+    """3. "option C is correct", "(C) is the right answer", "I choose B", "I'd go with (D)"."""
     verdicts = list(
         re.finditer(
-            rf"(?:(?i:option|choice)\s*{named}|\(\s*([{L}])\s*\))\s*(?i:is\s+(?:the\s+)?(?:correct|right|best|true))"
-            rf"|(?i:I\s+(?:would\s+)?(?:choose|pick|select|go\s+with)|I'd\s+(?:choose|pick|go\s+with))\s*(?:(?i:option)\s*)?{named}",
+            rf"(?:(?i:option|choice)\s*{p.named}|\(\s*([{p.L}])\s*\))\s*(?i:is\s+(?:the\s+)?(?:correct|right|best|true))"
+            rf"|(?i:I\s+(?:would\s+)?(?:choose|pick|select|go\s+with)|I'd\s+(?:choose|pick|go\s+with))\s*(?:(?i:option)\s*)?{p.named}",
             text,
         )
     )
-    if verdicts:
-        got = pick(verdicts[-1])
-        if got:
-            return got
-    # 4. a bold letter: "**B**", "**(B)**", "**B) Paris**"
-    bolds = list(re.finditer(rf"\*\*\s*\(?([{L}])(?:\)|\.|:|\*\*|\s)", text))
-    if bolds:
-        return bolds[-1].group(1)
-    # 5. the answer opens with the letter: "B", "(B)", "B) Paris", "B. Paris", "B: Paris"
-    m = re.match(rf"\s*(?:\(([{L}])\)|([{L}])(?:[).:\]]|\s*$|\s*\n))", text)
-    got = pick(m)
-    if got:
-        return got
-    # 6. a line that is only the letter
-    lines = list(re.finditer(rf"(?m)^\s*\(?([{L}])\)?[.]?\s*$", text))
-    if lines:
-        return lines[-1].group(1)
-    # 7. the text of an option
-    if options:
-        got = _match_option_text(text, labels, options)
-        if got:
-            return got
-    # 8. the last parenthesized letter anywhere, unless the reply just lists every option
-    parens = [m.group(1) for m in re.finditer(rf"\(([{L}])\)", text)]
-    if parens and len(set(parens)) < len(labels):
+    return _first_group(verdicts[-1]) if verdicts else None
+
+
+def _bold_letter(text: str, p: _ChoicePatterns) -> str | None:
+    """4. A bold letter: "**B**", "**(B)**", "**B) Paris**"."""
+    bolds = list(re.finditer(rf"\*\*\s*\(?([{p.L}])(?:\)|\.|:|\*\*|\s)", text))
+    return bolds[-1].group(1) if bolds else None
+
+
+def _leading_letter(text: str, p: _ChoicePatterns) -> str | None:
+    """5. The answer opens with the letter: "B", "(B)", "B) Paris", "B. Paris", "B: Paris"."""
+    return _first_group(re.match(rf"\s*(?:\(([{p.L}])\)|([{p.L}])(?:[).:\]]|\s*$|\s*\n))", text))
+
+
+def _letter_line(text: str, p: _ChoicePatterns) -> str | None:
+    """6. A line that is only the letter (the last such line)."""
+    lines = list(re.finditer(rf"(?m)^\s*\(?([{p.L}])\)?[.]?\s*$", text))
+    return lines[-1].group(1) if lines else None
+
+
+def _last_parenthesized(text: str, p: _ChoicePatterns) -> str | None:
+    """8. The last parenthesized letter anywhere, unless the reply just lists every option."""
+    parens = [m.group(1) for m in re.finditer(rf"\(([{p.L}])\)", text)]
+    if parens and len(set(parens)) < len(p.labels):
         return parens[-1]
     return None
 

@@ -7,6 +7,7 @@ score outputs. Every input is loaded and checked before the model loads or any f
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ptr.errors import InputError, PtrError
@@ -21,7 +22,15 @@ from ptr.evaluate.results import (
     write_task_files,
 )
 from ptr.evaluate.task import Doc, Task
-from ptr.inference import SamplingParams, refine
+from ptr.inference import (
+    Backend,
+    BackendOptions,
+    SamplingParams,
+    check_format,
+    load_backend,
+    refine,
+    refine_prompt_for,
+)
 from ptr.records import iter_jsonl
 
 PLAIN_STOP = ("\nQuestion:",)  # a plain-text prompt's answer ends where the model starts a new question
@@ -47,57 +56,44 @@ def build_tasks(config: EvalConfig) -> list[Task]:
     return tasks
 
 
-def make_backend(config: EvalConfig):
-    """The generation backend for ``config.model_type``."""
-    from ptr.inference import load_backend
+def backend_options(config: EvalConfig) -> BackendOptions:
+    return BackendOptions(dtype=config.dtype, batch_size=config.batch_size, endpoint=config.endpoint)
 
-    kind = config.model_type
-    if kind == "transformers":
-        return load_backend(
-            "transformers", config.model_path, dtype=config.dtype, batch_size=config.batch_size
-        )
-    if kind == "vllm":
-        return load_backend("vllm", config.model_path, dtype=None if config.dtype == "auto" else config.dtype)
-    if not config.endpoint:
-        raise PtrError(f"--model_type {kind} needs --endpoint (the server's base URL)")
-    if kind == "openai":
-        return load_backend("openai", config.model_path or None, endpoint=config.endpoint)
-    from ptr.serve.client import KServeBackend  # imported only here: ptr.serve wraps KServe
 
-    return KServeBackend(config.endpoint, config.model_path)
+def make_backend(config: EvalConfig) -> Backend:
+    """The generation backend for ``config.model_type`` (for a served model, ``model_path`` is its name
+    on the server)."""
+    return load_backend(config.model_type, config.model_path or None, backend_options(config))
 
 
 def served_model_name(model_type: str, endpoint: str) -> str:
     """The name of the model a server lists first (``--model_path`` left out for an HTTP model type)."""
-    from ptr.inference import load_backend
-
-    if model_type == "openai":
-        return load_backend("openai", None, endpoint=endpoint).model_name
-    from ptr.serve.client import KServeBackend
-
-    return KServeBackend(endpoint).model_name
+    return load_backend(model_type, None, BackendOptions(endpoint=endpoint)).model_name
 
 
-def resolve_format(config: EvalConfig, backend) -> str:
-    """``auto``: the chat template where the model has one, else the plain ``Question: … Answer:`` text."""
-    if config.format_type != "auto":
-        return config.format_type
-    tokenizer = getattr(backend, "tokenizer", None)
-    if tokenizer is not None:
-        return "chat" if getattr(tokenizer, "chat_template", None) else "default"
-    return "chat"  # served models (openai, kserve) take messages
+def resolve_format(config: EvalConfig, backend: Backend) -> str:
+    """``auto``: the chat template where the model has one, else the plain ``Question: … Answer:`` text;
+    a chat-trained model asked in the plain layout gets a warning."""
+    fmt = config.format_type
+    if fmt == "auto":
+        if backend.tokenizer is not None:
+            fmt = "chat" if backend.chat_template else "default"
+        else:
+            fmt = "chat"  # served models (openai, kserve) take messages
+    check_format(backend, fmt)
+    return fmt
 
 
-def check_context(backend, prompts: dict[str, list]) -> None:
+def check_context(backend: Backend, prompts: dict[str, list]) -> None:
     """Fail before generating anything when a prompt does not fit the model's context (where the
-    backend can tell: the transformers backend tokenizes locally)."""
-    encode, limit = getattr(backend, "encode", None), getattr(backend, "context_length", None)
-    if encode is None or not limit:
+    backend can tell: a local model's tokenizer)."""
+    limit = backend.context_length
+    if not limit:
         return
     for name, task_prompts in prompts.items():
         for i, prompt in enumerate(task_prompts):
-            n = len(encode(prompt))
-            if n + 1 > limit:
+            n = backend.prompt_tokens(prompt)
+            if n is not None and n + 1 > limit:
                 raise PtrError(
                     f"task {name}: question {i} makes a prompt of {n} tokens, more than the model's "
                     f"{limit}-token context; lower num_fewshots (or max_document_chars for xsum)"
@@ -118,12 +114,13 @@ def _params(config: EvalConfig, task: Task, fmt: str) -> SamplingParams:
         raise PtrError(str(err)) from None
 
 
-def _run_params(config: EvalConfig) -> dict:
+def _run_params(config: EvalConfig, refine_prompt: str | None) -> dict:
     keep = (
         "model_path model_type format_type tasks rounds max_new_tokens temperature top_p top_k seed "
-        "refine_prompt batch_size data_dir embedding_model"
+        "batch_size data_dir embedding_model"
     ).split()
     params = {k: getattr(config, k) for k in keep}
+    params["refine_prompt"] = refine_prompt or "(the server's default)"
     params["tasks"] = ",".join(config.tasks)
     for name, tc in config.task_configs.items():
         params[f"task.{name}"] = tc.model_dump_json(exclude_defaults=True)
@@ -143,6 +140,7 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
         task.prepare()
     if backend is None:
         backend = make_backend(config)
+    refine_prompt = refine_prompt_for(backend, config.refine_prompt)
     fmt = resolve_format(config, backend)
     prompts = {t.name: [t.prompt(d, fmt) for d in docs[t.name]] for t in tasks}
     params = {t.name: _params(config, t, fmt) for t in tasks}
@@ -152,7 +150,7 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
     out_dir = Path(config.output_path) / config.folder_name()
     results = EvalResults(model, out_dir)
     with tracking.stage_run(
-        "eval", _run_params(config), tags=tracking.describe_model(config.model_path)
+        "eval", _run_params(config, refine_prompt), tags=tracking.describe_model(config.model_path)
     ) as run:
         for task in tasks:
             task_docs, task_prompts = docs[task.name], prompts[task.name]
@@ -164,7 +162,7 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
                     task_prompts,
                     config.rounds,
                     params[task.name],
-                    refine_prompt=config.refine_prompt,
+                    refine_prompt=refine_prompt,
                     progress=bar.update,
                 )
             outputs = [[c[r].text for c in completions] for r in range(config.rounds)]
@@ -199,10 +197,23 @@ def finish(results: EvalResults, plot: bool, note: str = "") -> None:
 # -- re-scoring saved generations -----------------------------------------------------------------
 
 
-def read_predictions(path) -> tuple[str, list[Doc], list[list[str]], list]:
-    """``(task, docs, outputs[r][i], prompts)`` from a predictions file; errors name file:line:field."""
+@dataclass
+class SavedPredictions:
+    """A predictions file as read back: per question its doc (``data`` None where the line has no
+    ``doc``) and the line it came from, and per round every question's output."""
+
+    path: Path
+    task: str
+    docs: list[Doc]
+    lines: list[int]
+    outputs: list[list[str]]  # outputs[r][i]
+    prompts: list
+
+
+def read_predictions(path) -> SavedPredictions:
+    """A predictions file, checked; errors name file:line:field."""
     path = Path(path)
-    task_name, docs, per_doc, prompts = None, [], [], []
+    task_name, docs, lines, per_doc, prompts = None, [], [], [], []
     for line, rec in iter_jsonl(path, required=("task", "id", "rounds")):
         if task_name is None:
             task_name = rec["task"]
@@ -222,17 +233,49 @@ def read_predictions(path) -> tuple[str, list[Doc], list[list[str]], list]:
             raise InputError(
                 path, line, f"{len(outs)} rounds where earlier lines have {len(per_doc[0])}", field="rounds"
             )
-        doc_data = rec.get("doc") or {}
-        if not isinstance(doc_data, dict):
+        doc_data = rec.get("doc")
+        if doc_data is not None and not isinstance(doc_data, dict):
             raise InputError(path, line, "expected an object", field="doc")
         docs.append(Doc(str(rec["id"]), "", rec.get("gold"), doc_data))
+        lines.append(line)
         per_doc.append(outs)
         prompts.append(rec.get("prompt"))
     if task_name is None:
         raise InputError(path, None, "no predictions in the file")
     get_task(task_name)
     outputs = [[outs[r] for outs in per_doc] for r in range(len(per_doc[0]))]
-    return task_name, docs, outputs, prompts
+    return SavedPredictions(path, task_name, docs, lines, outputs, prompts)
+
+
+def complete_docs(task: Task, saved: SavedPredictions) -> list[Doc]:
+    """Every saved question with what scoring needs. A line without its ``doc`` (or without a field
+    the task scores with) is looked up by id where the task's data is at hand, else scored without it
+    where the task can (MMLU by the letters A-D), else it stops the run naming ``file:line: doc``."""
+    docs = [d if d.data is not None else Doc(d.id, d.question, d.gold, {}) for d in saved.docs]
+    missing = [i for i, d in enumerate(docs) if any(f not in d.data for f in task.doc_fields)]
+    found = task.lookup({docs[i].id for i in missing}) if missing and task.data_at_hand() else None
+    for i in missing:
+        doc, line = docs[i], saved.lines[i]
+        known = found.get(doc.id) if found is not None else None
+        if known is not None:
+            docs[i] = Doc(doc.id, known.question, known.gold if doc.gold is None else doc.gold, known.data)
+            continue
+        fallback = task.doc_without_data(doc.id, doc.gold)
+        if fallback is not None:
+            docs[i] = fallback
+        elif found is not None:
+            raise InputError(
+                saved.path, line, f"no question {doc.id!r} in task {task.name}'s data", field="id"
+            )
+        else:
+            raise InputError(
+                saved.path,
+                line,
+                f"missing (task {task.name} scores with its {', '.join(task.doc_fields)}); give --data_dir "
+                "(or PTR_DATA_DIR) to look the question up by id",
+                field="doc",
+            )
+    return docs
 
 
 def score_predictions(
@@ -240,6 +283,7 @@ def score_predictions(
     *,
     output_dir=None,
     task_configs: dict[str, TaskConfig] | None = None,
+    data_dir=None,
     seed: int = 0,
     n_boot: int = 1000,
     embedding_model: str = "minilm",
@@ -247,24 +291,31 @@ def score_predictions(
     model: str | None = None,
 ) -> EvalResults:
     """Re-extract and re-score saved generations with the current extractors (no model). Writes the
-    re-scored predictions, metrics and summary to ``output_dir`` (default: beside the first file)."""
-    loaded = [(Path(p), *read_predictions(p)) for p in paths]  # all input checked before any writing
+    re-scored predictions, metrics and summary to ``output_dir`` (default: beside the first file).
+    ``data_dir``: where lines without their ``doc`` are looked up."""
+    loaded = [read_predictions(p) for p in paths]
     first: dict[str, Path] = {}
-    for path, task_name, *_ in loaded:
-        if task_name in first:  # one folder holds one file per task: the second would overwrite the first
+    for saved in loaded:
+        if saved.task in first:  # one folder holds one file per task: the second would overwrite the first
             raise PtrError(
-                f"{path}: task {task_name} again (also in {first[task_name]}); re-score each in its own call"
+                f"{saved.path}: task {saved.task} again (also in {first[saved.task]}); re-score each in its own call"
             )
-        first[task_name] = path
-    out_dir = Path(output_dir) if output_dir else loaded[0][0].parent
+        first[saved.task] = saved.path
+    tasks = {
+        s.task: get_task(s.task)(
+            (task_configs or {}).get(s.task), data_dir=data_dir, seed=seed, embedding_model=embedding_model
+        )
+        for s in loaded
+    }
+    docs = {s.task: complete_docs(tasks[s.task], s) for s in loaded}  # all input checked before any writing
+    out_dir = Path(output_dir) if output_dir else loaded[0].path.parent
     results = EvalResults(model or out_dir.name, out_dir)
-    for _path, task_name, docs, outputs, prompts in loaded:
-        cls = get_task(task_name)
-        task = cls((task_configs or {}).get(task_name), seed=seed, embedding_model=embedding_model)
-        scored = [task.score_outputs(outs, docs) for outs in outputs]
+    for saved in loaded:
+        task, task_docs = tasks[saved.task], docs[saved.task]
+        scored = [task.score_outputs(outs, task_docs) for outs in saved.outputs]
         result = summarize(task, scored, seed=seed, n_boot=n_boot)
-        results.tasks[task_name] = result
-        records = prediction_records(task_name, docs, prompts, outputs, scored)
+        results.tasks[saved.task] = result
+        records = prediction_records(saved.task, task_docs, saved.prompts, saved.outputs, scored)
         results.files += write_task_files(out_dir, result, records, texts=True, metrics=True)
     finish(results, plot, note="re-scored from saved predictions")
     return results

@@ -56,6 +56,8 @@ class Task:
     hub: ClassVar[tuple[str, str | None, str] | None] = None
     needs_data: ClassVar[bool] = True
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # The fields of ``Doc.data`` that scoring reads (saved with each prediction as ``doc``).
+    doc_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -128,6 +130,19 @@ class Task:
 
     def from_hub(self, index: int, row: dict) -> Doc:
         raise NotImplementedError
+
+    def data_at_hand(self) -> bool:
+        """Whether the questions can be read here without the hub (a data folder, generated data)."""
+        return not self.needs_data or self.data_dir is not None
+
+    def lookup(self, doc_ids: set[str]) -> dict[str, Doc]:
+        """The questions with these ids, read from the data at hand."""
+        return {d.id: d for d in self.load_all() if d.id in doc_ids}
+
+    def doc_without_data(self, doc_id: str, gold: Any) -> Doc | None:
+        """A doc that scores a saved answer whose ``doc`` is missing, or None where scoring needs
+        what ``doc`` held (:attr:`doc_fields`)."""
+        return Doc(doc_id, "", gold, {}) if not self.doc_fields else None
 
     def data_path(self, data_dir: Path, *parts: str) -> Path:
         path = Path(data_dir, *parts)
@@ -205,6 +220,10 @@ class MultipleChoiceTask(Task):
 
     # No example answer: small models copy it verbatim ("The answer is (B)" → always B, "(X)" → "(X)").
     instruction = "Answer with the letter of the correct option."
+    doc_fields = ("choices",)
+    # The letters every question of the task has, where that is fixed (MMLU: A-D); then a saved answer
+    # without its options can still be scored by its letter.
+    fixed_labels: ClassVar[str | None] = None
 
     @staticmethod
     def make_doc(doc_id: str, stem: str, choices: list[str], gold_index: int, **data) -> Doc:
@@ -217,9 +236,13 @@ class MultipleChoiceTask(Task):
     def shot(doc: Doc) -> tuple[str, str]:
         return doc.question, f"The answer is ({doc.gold})."
 
+    def doc_without_data(self, doc_id: str, gold: Any) -> Doc | None:
+        return Doc(doc_id, "", gold, {}) if self.fixed_labels else None
+
     def extract(self, output: str, doc: Doc):
         choices = doc.data.get("choices") or []
-        return extract_choice(output, letters(len(choices)), choices)
+        labels = letters(len(choices)) if choices else self.fixed_labels or ""
+        return extract_choice(output, labels, choices or None)
 
     def score(self, extracted, doc: Doc) -> float:
         return float(extracted is not None and extracted == doc.gold)

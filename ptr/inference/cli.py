@@ -6,9 +6,16 @@ import argparse
 import sys
 
 from ptr.errors import InputError, PtrError, cli_errors
-from ptr.inference import BACKENDS, SamplingParams, load_backend, refine, validate_conversation
+from ptr.inference import (
+    BACKENDS,
+    BackendOptions,
+    SamplingParams,
+    load_backend,
+    refine,
+    refine_prompt_for,
+    validate_conversation,
+)
 from ptr.jsonl import write_jsonl
-from ptr.prompts import REFINE_PROMPT
 from ptr.records import iter_jsonl
 
 
@@ -34,28 +41,26 @@ def sampling_from_args(args) -> SamplingParams:
         raise PtrError(str(err)) from None
 
 
-def backend_options(args) -> dict:
-    if args.backend == "transformers":
-        return {"dtype": args.dtype, "batch_size": args.batch_size}
-    if args.backend == "vllm":
-        return {"dtype": None if args.dtype == "auto" else args.dtype}
-    return {}
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptr refine", description=__doc__)
     p.add_argument(
         "--model_path", required=True, help="model reference (see ptr.models) or served model name"
     )
     p.add_argument("--backend", choices=BACKENDS, default="transformers")
-    p.add_argument("--endpoint", help="base URL of an OpenAI-compatible endpoint (--backend openai)")
+    p.add_argument("--endpoint", help="base URL of a served model (--backend openai or kserve)")
     p.add_argument("--rounds", type=int, default=3)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--question", help="one question; each round is printed as it finishes")
     src.add_argument("--input", help="JSONL: each line has `question` or chat `messages`")
     p.add_argument("--output", help="JSONL output for --input")
-    p.add_argument("--refine_prompt", default=REFINE_PROMPT)
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument(
+        "--refine_prompt",
+        help="the refine turn (default: the one the model was trained with, from its ptr_train.json, "
+        "else the paper's)",
+    )
+    p.add_argument(
+        "--batch_size", type=int, default=16, help="rows per batch (concurrent requests over HTTP)"
+    )
     p.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
     add_sampling_args(p)
     return p
@@ -91,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     params = sampling_from_args(args)
     if args.input:
         records, conversations = _load_batch(args.input)  # validate everything before loading a model
-    backend = load_backend(args.backend, args.model_path, endpoint=args.endpoint, **backend_options(args))
+    options = BackendOptions(dtype=args.dtype, batch_size=args.batch_size, endpoint=args.endpoint)
+    backend = load_backend(args.backend, args.model_path, options)
+    refine_prompt = refine_prompt_for(backend, args.refine_prompt)
 
     if args.question is not None:
 
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             [[{"role": "user", "content": args.question}]],
             args.rounds,
             params,
-            refine_prompt=args.refine_prompt,
+            refine_prompt=refine_prompt,
             on_round=show,
         )
         return 0
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tqdm(total=len(conversations) * args.rounds, desc="refine", unit="gen", file=sys.stderr) as bar:
         results = refine(
-            backend, conversations, args.rounds, params, refine_prompt=args.refine_prompt, progress=bar.update
+            backend, conversations, args.rounds, params, refine_prompt=refine_prompt, progress=bar.update
         )
     out = []
     for record, rounds in zip(records, results, strict=True):

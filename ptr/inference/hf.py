@@ -1,8 +1,10 @@
 """The transformers backend: batched decoding with left padding, sampling, stop strings, and
 prefix reuse across refinement rounds.
 
+Generation ends at the chat template's end-of-turn token as well as at EOS (:mod:`ptr.chat`).
+
 Prefix reuse: after a round, each conversation's attention cache (keys and values of every token the
-model has processed) is kept in a :class:`PrefixStore`. In the next round the conversation is
+model has processed) is kept in a :class:`~ptr.inference.backend.PrefixSession`. In the next round the conversation is
 re-tokenized in full and only the tokens after the longest common prefix with the cached tokens are
 run through the model. Because the cache is reused only where the token ids agree, the model sees
 exactly the ids it would see without reuse, so greedy outputs are the same with and without it.
@@ -21,11 +23,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from ptr.chat import end_of_turn_ids
 from ptr.inference.attention import use_decode_attention
+from ptr.inference.backend import Backend, BackendOptions, PrefixSession
 from ptr.inference.types import Completion, Conversation, SamplingParams
+from ptr.models import load_model
+from ptr.models.provenance import read_provenance
 
-# Tokens after which a chat model's turn is over, when its generation config does not list them all.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
 # A common prefix shorter than this is not worth a separate forward pass.
 MIN_SHARED_PREFIX = 16
 
@@ -35,16 +39,6 @@ class _Entry:
     tokens: list[int]  # the ids whose keys/values are cached, in order
     keys: list  # per layer: tensor [kv_heads, len(tokens), head_dim]
     values: list
-
-
-class PrefixStore:
-    """Per-conversation attention caches kept between calls (one slot per conversation index)."""
-
-    def __init__(self, size: int):
-        self.entries: list[_Entry | None] = [None] * size
-
-    def clear(self):
-        self.entries = [None] * len(self.entries)
 
 
 @functools.cache
@@ -98,7 +92,19 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-class TransformersBackend:
+@dataclass
+class _Layout:
+    """One batch laid out for its first forward pass. Per row: ``[pad][reused cache][pad][new prompt
+    tokens]``; positions are the tokens' real positions in the conversation."""
+
+    reuse: list[int]  # per row: tokens whose keys/values come from its cache entry
+    reused_len: int  # width of the reused part (the longest reuse)
+    input_ids: object  # [batch, new_len]: the prompt tokens still to run
+    position_ids: object
+    mask: object  # [batch, reused_len + new_len]
+
+
+class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(
@@ -113,8 +119,6 @@ class TransformersBackend:
         prefix_reuse: bool = True,
     ):
         if model is None:
-            from ptr.models import load_model
-
             model, tokenizer = load_model(model_ref, dtype=dtype, device=device)
         self.model, self.tokenizer = model, tokenizer
         use_decode_attention(model)  # CPU decoding steps without the fused kernel (see its module)
@@ -124,24 +128,33 @@ class TransformersBackend:
         self.prefix_reuse = prefix_reuse
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = self._end_ids()
-        self.context_length = self._context_length()
+        self.context_length = int(getattr(model.config, "max_position_embeddings", None) or 2048)
+        # from_pretrained records the folder it read; a model trained by ptr has its record there
+        self._provenance = read_provenance(getattr(model, "name_or_path", None))
         self._shared: _Entry | None = None  # the cache of the last shared prefix (see module docs)
+
+    @classmethod
+    def from_options(cls, model_ref, options: BackendOptions) -> TransformersBackend:
+        return cls(model_ref, dtype=options.dtype, device=options.device, batch_size=options.batch_size)
+
+    # -- capabilities ---------------------------------------------------------------------------
+
+    def session(self) -> PrefixSession | None:
+        return PrefixSession() if self.prefix_reuse else None
+
+    def prompt_tokens(self, conversation: Conversation) -> int:
+        return len(self.encode(conversation))
+
+    def provenance(self) -> dict:
+        return self._provenance
 
     # -- tokenization ---------------------------------------------------------------------------
 
     def _end_ids(self) -> set[int]:
-        ids = set()
+        """EOS, the generation config's EOS ids and the chat template's end-of-turn token."""
         eos = getattr(self.model.generation_config, "eos_token_id", None)
-        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        vocab = self.tokenizer.get_vocab()
-        ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
-        return ids
-
-    def _context_length(self) -> int:
-        cfg = self.model.config
-        return int(getattr(cfg, "max_position_embeddings", None) or 2048)
+        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        return end_of_turn_ids(self.tokenizer, eos_ids=eos_ids)
 
     def encode(self, conversation: Conversation) -> list[int]:
         """Prompt ids: chat conversations through the chat template, strings as they are."""
@@ -156,15 +169,14 @@ class TransformersBackend:
 
     def generate(
         self,
-        conversations: list[Conversation],
+        conversations,
         params: SamplingParams,
         *,
-        prefix_store: PrefixStore | None = None,
-        update_store: bool = True,
         progress=None,
+        session: PrefixSession | None = None,
+        keys=None,
+        keep: bool = True,
     ) -> list[Completion]:
-        """``prefix_store``: per-conversation caches to reuse, and to update with this call's
-        (unless ``update_store`` is False: the caller will not continue these conversations)."""
         import torch
 
         ids = [self.encode(c) for c in conversations]
@@ -174,8 +186,9 @@ class TransformersBackend:
                     f"conversation {i}: prompt of {len(x)} tokens leaves no room in the "
                     f"{self.context_length}-token context"
                 )
-        store = prefix_store if (prefix_store is not None and self.prefix_reuse) else None
-        keep = store is not None and update_store
+        if session is not None and keys is None:
+            raise ValueError("a session needs one key per conversation")
+        session = session if self.prefix_reuse else None
         shared = self._shared_prefix(ids) if self.prefix_reuse else None
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
         results: list[Completion | None] = [None] * len(ids)
@@ -183,14 +196,14 @@ class TransformersBackend:
         generator.manual_seed(params.seed if params.seed is not None else torch.seed())
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            entries = [(store.entries[i] if store else None) or shared for i in batch]
+            entries = [(session.get(keys[i]) if session else None) or shared for i in batch]
             completions, new_entries = self._generate_batch(
-                [ids[i] for i in batch], entries, params, generator, keep_cache=keep
+                [ids[i] for i in batch], entries, params, generator, keep_cache=session is not None and keep
             )
             for i, completion, entry in zip(batch, completions, new_entries, strict=True):
                 results[i] = completion
-                if keep:
-                    store.entries[i] = entry
+                if session is not None:
+                    session.put(keys[i], entry if keep else None)
             if progress is not None:
                 progress(len(batch))
         return results  # type: ignore[return-value]
@@ -227,21 +240,36 @@ class TransformersBackend:
         self._shared = _Entry(list(tokens), keys, values)
         return self._shared
 
-    def _generate_batch(self, ids, entries, params: SamplingParams, generator, keep_cache: bool = True):
-        import torch
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
+    def _generate_batch(self, ids, entries, params: SamplingParams, generator, keep_cache: bool):
+        """One batch: lay it out, fill the cache with what is reused, decode, and return the
+        completions and (with ``keep_cache``) each row's cache for its next round."""
+        layout = self._layout(ids, entries)
+        max_new = min(params.max_new_tokens, self.context_length - max(len(x) for x in ids))
+        cache = self._reused_cache(layout, entries, room=layout.mask.shape[1] + max_new)
+        generated, finish, mask = self._decode(
+            layout, cache, [len(x) for x in ids], max_new, params, generator
+        )
+        completions = [
+            self._completion(len(x), tokens, reason, params.stop)
+            for x, tokens, reason in zip(ids, generated, finish, strict=True)
+        ]
+        entries = [
+            self._extract(cache, mask, b, ids[b] + generated[b][:-1]) if keep_cache else None
+            for b in range(len(ids))
+        ]
+        return completions, entries
 
-        model, dev = self.model, self.device
-        bsz = len(ids)
+    def _layout(self, ids: list[list[int]], entries) -> _Layout:
+        """How much of each row its cache entry covers (at least one new token must be fed to get
+        logits), and the left-padded tensors for the rest."""
+        import torch
+
         reuse = []
         for x, entry in zip(ids, entries, strict=True):
             n = _common_prefix(entry.tokens, x) if entry is not None else 0
-            reuse.append(min(n, len(x) - 1))  # at least one new token must be fed to get logits
+            reuse.append(min(n, len(x) - 1))
         new = [x[r:] for x, r in zip(ids, reuse, strict=True)]
-        p_len, n_len = max(reuse), max(map(len, new))
-
-        # Layout per row: [pad][reused cache][pad][new prompt tokens], positions are real token positions.
+        bsz, p_len, n_len = len(ids), max(reuse), max(map(len, new))
         mask = torch.zeros(bsz, p_len + n_len, dtype=torch.long)
         input_ids = torch.full((bsz, n_len), self.pad_id, dtype=torch.long)
         position_ids = torch.zeros(bsz, n_len, dtype=torch.long)
@@ -251,34 +279,50 @@ class TransformersBackend:
             mask[b, p_len + n_len - k :] = 1
             input_ids[b, n_len - k :] = torch.tensor(new[b])
             position_ids[b, n_len - k :] = torch.arange(r, r + k)
-        max_new = params.max_new_tokens
-        max_new = min(max_new, self.context_length - max(len(x) for x in ids))
-        cache = DynamicCache(config=model.config)
-        # full-attention layers grow in place: each step writes one slot instead of copying the cache
-        cache.layers = [
-            _cache_layer(p_len + n_len + max_new) if type(layer) is DynamicLayer else layer
-            for layer in cache.layers
-        ]
-        if p_len:
-            ref = next(e for e in entries if e is not None)
-            for layer in range(len(ref.keys)):
-                shape = (bsz, ref.keys[layer].shape[0], p_len, ref.keys[layer].shape[-1])
-                keys = torch.zeros(shape, dtype=ref.keys[layer].dtype, device=dev)
-                values = torch.zeros(shape, dtype=ref.values[layer].dtype, device=dev)
-                for b, (entry, r) in enumerate(zip(entries, reuse, strict=True)):
-                    if r:
-                        keys[b, :, p_len - r :] = entry.keys[layer][:, :r]
-                        values[b, :, p_len - r :] = entry.values[layer][:, :r]
-                cache.update(keys, values, layer)
+        return _Layout(reuse, p_len, input_ids, position_ids, mask)
 
+    def _reused_cache(self, layout: _Layout, entries, room: int):
+        """A cache whose full-attention layers grow in place (room for ``room`` tokens), holding each
+        row's reused keys and values right-aligned in the reused part."""
+        import torch
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache(config=self.model.config)
+        cache.layers = [
+            _cache_layer(room) if type(layer) is DynamicLayer else layer for layer in cache.layers
+        ]
+        p_len = layout.reused_len
+        if not p_len:
+            return cache
+        ref = next(e for e in entries if e is not None)
+        for layer in range(len(ref.keys)):
+            shape = (len(entries), ref.keys[layer].shape[0], p_len, ref.keys[layer].shape[-1])
+            keys = torch.zeros(shape, dtype=ref.keys[layer].dtype, device=self.device)
+            values = torch.zeros(shape, dtype=ref.values[layer].dtype, device=self.device)
+            for b, (entry, r) in enumerate(zip(entries, layout.reuse, strict=True)):
+                if r:
+                    keys[b, :, p_len - r :] = entry.keys[layer][:, :r]
+                    values[b, :, p_len - r :] = entry.values[layer][:, :r]
+            cache.update(keys, values, layer)
+        return cache
+
+    def _decode(self, layout: _Layout, cache, lengths: list[int], max_new: int, params, generator):
+        """Prefill, then one token per row per step until every row stopped. Returns the generated ids,
+        each row's finish reason and the final attention mask (which slots hold real tokens)."""
+        import torch
+
+        model, dev = self.model, self.device
+        bsz = len(lengths)
+        mask = layout.mask
         generated: list[list[int]] = [[] for _ in range(bsz)]
-        finish = [None] * bsz
-        positions = torch.tensor([len(x) for x in ids])
+        finish: list[str | None] = [None] * bsz
+        positions = torch.tensor(lengths)
         with torch.inference_mode():
             out = model(
-                input_ids=input_ids.to(dev),
+                input_ids=layout.input_ids.to(dev),
                 attention_mask=mask.to(dev),
-                position_ids=position_ids.to(dev),
+                position_ids=layout.position_ids.to(dev),
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -290,55 +334,51 @@ class TransformersBackend:
                     if finish[b] is not None:
                         continue
                     generated[b].append(tokens[b])
-                    if tokens[b] in self.eos_ids:
-                        finish[b] = "stop"
-                    elif params.stop and self._hit_stop(generated[b], params.stop):
-                        finish[b] = "stop"
-                    elif step == max_new - 1:
-                        finish[b] = "length"
-                    else:
+                    finish[b] = self._finished(generated[b], params, last_step=step == max_new - 1)
+                    if finish[b] is None:
                         active.append(b)
                 if not active:
                     break
                 step_mask = torch.zeros(bsz, 1, dtype=torch.long)
                 step_mask[active] = 1
                 mask = torch.cat([mask, step_mask], dim=1)
-                feed = torch.tensor([[t] for t in tokens])
                 pos = positions.clone().unsqueeze(1)
                 positions[active] += 1
                 out = model(
-                    input_ids=feed.to(dev),
+                    input_ids=torch.tensor([[t] for t in tokens]).to(dev),
                     attention_mask=mask.to(dev),
                     position_ids=pos.to(dev),
                     past_key_values=cache,
                     use_cache=True,
                 )
+        return generated, finish, mask
 
-        completions, new_entries = [], []
-        for b in range(bsz):
-            text = self.tokenizer.decode(generated[b], skip_special_tokens=True)
-            for s in params.stop:
-                cut = text.find(s)
-                if cut >= 0:
-                    text = text[:cut]
-            completions.append(
-                Completion(
-                    text=text,
-                    prompt_tokens=len(ids[b]),
-                    completion_tokens=len(generated[b]),
-                    finish_reason=finish[b] or "length",
-                )
-            )
-            if self.prefix_reuse and keep_cache:
-                new_entries.append(self._extract(cache, mask, b, ids[b] + generated[b][:-1]))
-            else:
-                new_entries.append(None)
-        return completions, new_entries
+    def _finished(self, generated: list[int], params: SamplingParams, last_step: bool) -> str | None:
+        """ "stop" at an end-of-turn token or a stop string, "length" at the budget, else None."""
+        if generated[-1] in self.eos_ids:
+            return "stop"
+        if params.stop and self._hit_stop(generated, params.stop):
+            return "stop"
+        return "length" if last_step else None
 
-    def _extract(self, cache, mask, b: int, tokens: list[int]) -> _Entry:
+    def _completion(self, prompt_len: int, generated: list[int], finish: str | None, stops) -> Completion:
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        for s in stops:
+            cut = text.find(s)
+            if cut >= 0:
+                text = text[:cut]
+        return Completion(
+            text=text,
+            prompt_tokens=prompt_len,
+            completion_tokens=len(generated),
+            finish_reason=finish or "length",
+        )
+
+    def _extract(self, cache, mask, b: int, tokens: list[int]) -> _Entry | None:
+        """Row ``b``'s cache (the slots that hold real tokens), to continue from in its next round."""
         slots = mask[b].nonzero().squeeze(1).to(self.device)
         if len(slots) != len(tokens):  # should never happen; drop the cache rather than reuse a wrong one
-            return _Entry([], [], [])
+            return None
         keys = [layer.keys[b].index_select(1, slots).clone() for layer in cache.layers]
         values = [layer.values[b].index_select(1, slots).clone() for layer in cache.layers]
         return _Entry(tokens, keys, values)

@@ -1,9 +1,12 @@
-"""The one generation interface every backend implements."""
+"""What goes into and comes out of a backend: conversations, sampling settings, completions, and how a
+conversation continues into the next refinement round."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+
+from ptr.chat import clean_generated
+from ptr.prompts import REFINE_PROMPT
 
 # A conversation is a list of chat messages ({"role", "content"}), or a plain string prompt that
 # is sent without a chat template (the paper's "Question: … Answer:" format).
@@ -45,13 +48,6 @@ class Completion:
     extra: dict = field(default_factory=dict)
 
 
-class Backend(Protocol):
-    name: str
-    model_name: str
-
-    def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[Completion]: ...
-
-
 def is_chat(conversation: Conversation) -> bool:
     return not isinstance(conversation, str)
 
@@ -70,3 +66,20 @@ def validate_conversation(conversation, where: str = "conversation") -> Conversa
         if msg["role"] not in ("system", "user", "assistant"):
             raise ValueError(f"{where}[{i}]: role must be system, user or assistant, not {msg['role']!r}")
     return conversation
+
+
+def continue_conversation(conversation: Conversation, answer: str, refine_prompt: str = REFINE_PROMPT):
+    """The conversation after ``answer``, with the refine request as the next user turn.
+
+    The answer is cleaned as thought data is before training (control markers cut, whitespace
+    stripped: :func:`ptr.chat.clean_generated`), so the previous turn looks like the turns the model
+    was trained on."""
+    answer = clean_generated(answer)
+    if isinstance(conversation, str):
+        gap = "" if not conversation or conversation[-1].isspace() else " "
+        return f"{conversation}{gap}{answer}\n\nQuestion: {refine_prompt}\nAnswer:"
+    return [
+        *conversation,
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": refine_prompt},
+    ]

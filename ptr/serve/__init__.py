@@ -5,9 +5,9 @@
 * :mod:`ptr.serve.model` — the ``kserve.Model`` subclass (imports kserve);
 * :mod:`ptr.serve.openai_routes` — OpenAI-compatible chat/completions routes on the same server;
 * :mod:`ptr.serve.cli` — ``ptr serve`` (runs ``kserve.ModelServer``);
-* :mod:`ptr.serve.client` — :class:`KServeBackend`, the client that evaluation uses (no kserve import);
 * :mod:`ptr.serve.manifests` — InferenceService manifests and their validation against the CRD.
 
-Only :mod:`ptr.serve.model` and :mod:`ptr.serve.cli` import kserve, and only when they run, so that
-``from ptr.serve.client import KServeBackend`` stays light.
+Only :mod:`ptr.serve.model` and :mod:`ptr.serve.cli` import kserve, and only when they run. The client
+that evaluation uses, :class:`~ptr.inference.kserve_client.KServeBackend`, is a backend like the
+others and lives in :mod:`ptr.inference` (no kserve import).
 """

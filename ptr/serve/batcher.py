@@ -6,9 +6,10 @@ batch holds ``max_batch_size`` jobs or ``max_wait_ms`` has passed, splits the ba
 parameters (one ``generate`` takes one set) and runs each group. Rounds of different requests mix: round
 2 of one request can share a batch with round 1 of another.
 
-With the transformers backend each job carries its conversation's attention cache from the previous
-round (a :class:`~ptr.inference.hf.PrefixStore` entry), so round k runs only the new tokens through the
-model, as :func:`ptr.inference.refine` does, even though the batch around it changes from round to round.
+Where the backend keeps caches between calls (:meth:`~ptr.inference.Backend.session`), the batcher holds
+one session for the server and each conversation a key in it, so round k runs only the new tokens
+through the model, as :func:`ptr.inference.refine` does, even though the batch around it changes from
+round to round; a conversation's entry is forgotten when its last round is done.
 
 Before a job reaches the model its prompt is measured against the context; one that does not fit fails
 alone (:class:`ContextOverflow`) and never disturbs the batch it would have joined. This module does not
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
-from ptr.inference import Completion, Conversation, SamplingParams, continue_conversation
+from ptr.inference import Backend, Completion, Conversation, SamplingParams, continue_conversation
 from ptr.serve.schema import RequestError
 
 BATCH_SIZE = Histogram(
@@ -44,33 +46,14 @@ class ContextOverflow(ValueError):
 class _Job:
     conversation: Conversation
     params: SamplingParams
-    entry: object  # the conversation's cache from its previous round, or None
+    key: int  # the conversation's key in the backend's session
     future: asyncio.Future = field(repr=False)
 
 
-def _measure(backend):
-    """``(prompt_length, context_length)`` for a backend, or ``(None, None)`` when it cannot say."""
-    if hasattr(backend, "encode") and hasattr(backend, "context_length"):
-        return (lambda c: len(backend.encode(c))), backend.context_length
-    tokenizer = getattr(backend, "tokenizer", None)
-    llm = getattr(backend, "llm", None)
-    if tokenizer is None or llm is None:
-        return None, None
-    with contextlib.suppress(AttributeError):
-        context = int(llm.llm_engine.model_config.max_model_len)
-
-        def length(c):
-            if isinstance(c, str):
-                return len(tokenizer(c).input_ids)
-            text = tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-            return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-        return length, context
-    return None, None
-
-
 class DynamicBatcher:
-    def __init__(self, backend, *, max_batch_size: int = 16, max_wait_ms: float = 10.0, worker_init=None):
+    def __init__(
+        self, backend: Backend, *, max_batch_size: int = 16, max_wait_ms: float = 10.0, worker_init=None
+    ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         if max_wait_ms < 0:
@@ -78,10 +61,8 @@ class DynamicBatcher:
         self.backend = backend
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
-        self.reuse_prefix = getattr(backend, "name", "") == "transformers" and getattr(
-            backend, "prefix_reuse", False
-        )
-        self._length, self.context_length = _measure(backend)
+        self.session = backend.session()  # None: the backend keeps no caches between calls
+        self._keys = itertools.count()
         # One worker thread: the model is not shared. ``worker_init`` runs in it first (thread settings
         # such as torch's intra-op thread count are per thread under OpenMP).
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ptr-generate", initializer=worker_init)
@@ -90,15 +71,17 @@ class DynamicBatcher:
         self.batches = 0
         self.largest_batch = 0
 
-    async def generate(
-        self, conversation: Conversation, params: SamplingParams, entry=None
-    ) -> tuple[Completion, object]:
-        """One generation; returns the completion and the conversation's cache for its next round."""
+    @property
+    def reuse_prefix(self) -> bool:
+        return self.session is not None
+
+    async def generate(self, conversation: Conversation, params: SamplingParams, key: int) -> Completion:
+        """One generation of the conversation ``key`` (it continues from its cache in the session)."""
         if self._task is None:
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._collect_forever())
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(conversation, params, entry, future))
+        self._queue.put_nowait(_Job(conversation, params, key, future))
         return await future
 
     async def refine(
@@ -108,15 +91,19 @@ class DynamicBatcher:
         its round k is done, so conversations (and requests) never wait for each other between rounds."""
 
         async def one(i: int, conversation: Conversation) -> list[Completion]:
-            outs, entry = [], None
-            for k in range(1, rounds + 1):
-                try:
-                    completion, entry = await self.generate(conversation, params, entry)
-                except ValueError as err:
-                    raise RequestError(f"instances[{i}]: round {k}: {err}") from None
-                outs.append(completion)
-                if k < rounds:
-                    conversation = continue_conversation(conversation, completion.text, refine_prompt)
+            outs, key = [], next(self._keys)
+            try:
+                for k in range(1, rounds + 1):
+                    try:
+                        completion = await self.generate(conversation, params, key)
+                    except ValueError as err:
+                        raise RequestError(f"instances[{i}]: round {k}: {err}") from None
+                    outs.append(completion)
+                    if k < rounds:
+                        conversation = continue_conversation(conversation, completion.text, refine_prompt)
+            finally:
+                if self.session is not None:  # the conversation is over (or failed): its cache goes
+                    self.session.forget(key)
             return outs
 
         tasks = [asyncio.ensure_future(one(i, c)) for i, c in enumerate(conversations)]
@@ -174,40 +161,35 @@ class DynamicBatcher:
                 outcomes[i] = err
         if not ready:
             return outcomes
-        kwargs = {}
-        store = None
-        if self.reuse_prefix:
-            from ptr.inference.hf import PrefixStore
-
-            store = PrefixStore(len(ready))
-            store.entries = [jobs[i].entry for i in ready]
-            kwargs["prefix_store"] = store
+        keys = [jobs[i].key for i in ready]
         try:
-            completions = self.backend.generate([jobs[i].conversation for i in ready], params, **kwargs)
+            completions = self.backend.generate(
+                [jobs[i].conversation for i in ready], params, session=self.session, keys=keys
+            )
         except Exception as err:  # every job of the failed call gets the error, the server goes on
             for i in ready:
                 outcomes[i] = err
             return outcomes
+        finally:
+            if self.session is not None:  # requests that went away while their job ran keep nothing
+                self.session.forget(*(jobs[i].key for i in ready if jobs[i].future.cancelled()))
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(ready))
         BATCH_SIZE.observe(len(ready))
         GENERATIONS.inc(len(ready))
-        for slot, (i, completion) in enumerate(zip(ready, completions, strict=True)):
-            entry = store.entries[slot] if store is not None else None
-            if entry is not None and not entry.tokens:  # an unusable cache is dropped, never reused
-                entry = None
-            outcomes[i] = (completion, entry)
+        for i, completion in zip(ready, completions, strict=True):
+            outcomes[i] = completion
         return outcomes
 
     def _check_fits(self, conversation: Conversation) -> None:
-        if self._length is None:
-            return
-        n = self._length(conversation)
+        n = self.backend.prompt_tokens(conversation)
+        if n is None or self.backend.context_length is None:
+            return  # the backend cannot tell; it refuses what does not fit itself
         if n < 1:
             raise ContextOverflow("the prompt encodes to no tokens")
-        if n + 1 > self.context_length:
+        if n + 1 > self.backend.context_length:
             raise ContextOverflow(
-                f"the prompt is {n} tokens; the model's context is {self.context_length} tokens, "
+                f"the prompt is {n} tokens; the model's context is {self.backend.context_length} tokens, "
                 "which leaves no room for an answer"
             )
 

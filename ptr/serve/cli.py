@@ -16,9 +16,7 @@ import argparse
 import sys
 
 from ptr.errors import PtrError, cli_errors
-from ptr.prompts import REFINE_PROMPT
-
-BACKENDS = ("transformers", "vllm")
+from ptr.inference import LOCAL_BACKENDS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--grpc_port", type=int, default=0, help="also serve KServe's gRPC V2 here (0 = off)")
-    p.add_argument("--backend", choices=BACKENDS, default="transformers")
+    p.add_argument("--backend", choices=LOCAL_BACKENDS, default="transformers")
     p.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
     p.add_argument(
         "--threads",
@@ -44,7 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max_instances", type=int, default=64, help="most instances in one request")
     p.add_argument("--max_new_tokens_limit", type=int, default=2048, help="most new tokens per round")
     p.add_argument(
-        "--refine_prompt", default=REFINE_PROMPT, help="default refine turn (requests may override)"
+        "--refine_prompt",
+        help="default refine turn, for requests that send none (default: the one the model was trained "
+        "with, from its ptr_train.json, else the paper's)",
     )
     return p
 
@@ -92,14 +92,11 @@ def build_server(args):
                 self._rest_server.config.host = self.host
             super().setup_event_loop()
 
-    options = {"dtype": args.dtype}
-    if args.backend == "vllm" and args.dtype == "auto":
-        options = {}
     model = RefiningModel(
         args.model_name,
         args.model_path,
         backend=args.backend,
-        backend_options=options,
+        dtype=args.dtype,
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         limits=Limits(

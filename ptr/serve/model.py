@@ -14,10 +14,10 @@ import kserve
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from ptr.inference import load_backend
-from ptr.prompts import REFINE_PROMPT
+from ptr.inference import BackendOptions, load_backend, refine_prompt_for
+from ptr.inference.refine_protocol import predictions
 from ptr.serve.batcher import DynamicBatcher
-from ptr.serve.schema import Limits, RequestError, parse_request, predictions
+from ptr.serve.schema import Limits, RequestError, parse_request
 
 V2_INPUT = "request"
 V2_OUTPUT = "response"
@@ -65,7 +65,10 @@ def v2_payload(request: InferRequest) -> str:
 
 
 class RefiningModel(kserve.Model):
-    """Answers, then refines, for the requested number of rounds; every round comes back."""
+    """Answers, then refines, for the requested number of rounds; every round comes back.
+
+    ``refine_prompt`` is the default for requests that send none; None: the one the model was trained
+    with (its provenance), else the paper's."""
 
     def __init__(
         self,
@@ -73,27 +76,26 @@ class RefiningModel(kserve.Model):
         model_ref: str,
         *,
         backend: str = "transformers",
-        backend_options: dict | None = None,
+        dtype: str = "auto",
         max_batch_size: int = 16,
         max_wait_ms: float = 10.0,
         limits: Limits = Limits(),
-        refine_prompt: str = REFINE_PROMPT,
+        refine_prompt: str | None = None,
         threads: int = 0,
     ):
         super().__init__(name)
         self.threads = threads  # torch intra-op threads for generation (0 = torch's default)
         self.model_ref, self.backend_kind = model_ref, backend
-        self.backend_options = dict(backend_options or {})
+        # one forward pass per gathered batch
+        self.backend_options = BackendOptions(dtype=dtype, batch_size=max_batch_size)
         self.max_batch_size, self.max_wait_ms = max_batch_size, max_wait_ms
         self.limits, self.refine_prompt = limits, refine_prompt
         self.backend = None
         self.batcher: DynamicBatcher | None = None
 
     def load(self) -> bool:
-        options = dict(self.backend_options)
-        if self.backend_kind == "transformers":
-            options.setdefault("batch_size", self.max_batch_size)  # one forward pass per gathered batch
-        self.backend = load_backend(self.backend_kind, self.model_ref, **options)
+        self.backend = load_backend(self.backend_kind, self.model_ref, self.backend_options)
+        self.refine_prompt = refine_prompt_for(self.backend, self.refine_prompt)
         self.batcher = DynamicBatcher(
             self.backend,
             max_batch_size=self.max_batch_size,

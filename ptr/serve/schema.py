@@ -1,12 +1,6 @@
 """What a request to the served model may hold, checked before any work is queued.
 
-One request (V1 body, or the JSON inside the V2 ``request`` input)::
-
-    {"instances": [{"messages": [{"role": "user", "content": "..."}]} | {"prompt": "..."}, ...],
-     "parameters": {"rounds": 2, "max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "top_k": 0,
-                    "seed": null, "stop": [], "refine_prompt": "..."}}
-
-Every problem is a :class:`RequestError` whose message names the field (``instances[1].messages[0].role:
+The request's shape is :mod:`ptr.inference.refine_protocol`'s (the client builds it there). Every problem is a :class:`RequestError` whose message names the field (``instances[1].messages[0].role:
 …``); the server answers it with HTTP 400. This module does not import kserve.
 """
 
@@ -18,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ptr.inference import Completion, Conversation, SamplingParams
+from ptr.inference import Conversation, SamplingParams
 from ptr.prompts import REFINE_PROMPT
 
 
@@ -155,29 +149,4 @@ def parse_request(body, limits: Limits = Limits(), refine_prompt: str = REFINE_P
         rounds=p.rounds,
         params=params,
         refine_prompt=p.refine_prompt or refine_prompt,
-    )
-
-
-def round_record(k: int, c: Completion) -> dict:
-    return {
-        "round": k,
-        "text": c.text,
-        "completion_tokens": c.completion_tokens,
-        "prompt_tokens": c.prompt_tokens,
-        "finish_reason": c.finish_reason,
-    }
-
-
-def predictions(results: list[list[Completion]]) -> list[dict]:
-    """Per instance: every round's answer, in order."""
-    return [{"rounds": [round_record(k, c) for k, c in enumerate(rounds, 1)]} for rounds in results]
-
-
-def completion_of(record: dict) -> Completion:
-    """The inverse of :func:`round_record` (used by the client)."""
-    return Completion(
-        text=record["text"],
-        prompt_tokens=int(record.get("prompt_tokens") or 0),
-        completion_tokens=int(record.get("completion_tokens") or 0),
-        finish_reason=record.get("finish_reason") or "stop",
     )

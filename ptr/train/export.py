@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from ptr.jsonl import write_json
+from ptr.models.provenance import PROVENANCE_FILE
 from ptr.train.model import is_peft
 
 
@@ -73,7 +74,7 @@ def export(
     lm.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if provenance:
-        write_json(tmp / "ptr_train.json", provenance)
+        write_json(tmp / PROVENANCE_FILE, provenance)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

@@ -1,6 +1,7 @@
 """A small OpenAI-compatible server for tests: /v1/models, /v1/chat/completions, /v1/completions,
 backed by the transformers backend. ``--fail_first N`` answers the first N generation requests with
-HTTP 503, to exercise client retries.
+HTTP 503, to exercise client retries. ``--leak_turn_end`` plays a server that returns special tokens as
+text and ignores stop strings: every answer goes on past ``<|im_end|>`` into an invented turn.
 
     python -m tests.support.openai_server --model tiny-random --port 8123
 """
@@ -22,6 +23,7 @@ def main() -> None:
     ap.add_argument("--served_name", default="test-model")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--fail_first", type=int, default=0)
+    ap.add_argument("--leak_turn_end", action="store_true")
     args = ap.parse_args()
 
     backend = TransformersBackend(args.model, dtype="float32")
@@ -62,7 +64,7 @@ def main() -> None:
                 top_p=body.get("top_p", 1.0),
                 top_k=body.get("top_k", 0),
                 seed=body.get("seed"),
-                stop=tuple(body.get("stop") or ()),
+                stop=() if args.leak_turn_end else tuple(body.get("stop") or ()),
             )
             if self.path == "/v1/chat/completions":
                 conv = body["messages"]
@@ -72,6 +74,8 @@ def main() -> None:
                 return self._send(404, {"error": "not found"})
             with lock:  # one generation at a time: the model is not shared across threads
                 out = backend.generate([conv], params)[0]
+            if args.leak_turn_end:
+                out.text += "<|im_end|>\n<|im_start|>user\nAn invented turn."
             choice = {"index": 0, "finish_reason": out.finish_reason}
             if isinstance(conv, str):
                 choice["text"] = out.text

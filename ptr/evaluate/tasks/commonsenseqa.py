@@ -33,6 +33,7 @@ def parse_cot_prompt(path: Path) -> list[tuple[str, str]]:
 
 @register_task("commonsenseqa", "csqa")
 class CommonsenseQA(MultipleChoiceTask):
+    fixed_labels = "ABCDE"
     title = "CommonsenseQA"
     default_max_new_tokens = 192
     hub = ("tau/commonsense_qa", None, "validation")

@@ -28,6 +28,7 @@ class GpqaOptions(BaseModel):
 
 @register_task("gpqa", "gpqa_diamond")
 class Gpqa(MultipleChoiceTask):
+    fixed_labels = "ABCD"
     title = "GPQA Diamond"
     default_max_new_tokens = 384
     hub = ("Idavidrein/gpqa", "gpqa_diamond", "train")

@@ -38,6 +38,7 @@ def hellaswag_doc(doc_id: str, ctx: str, endings: list, label, where, line) -> D
 
 @register_task("hellaswag")
 class HellaSwag(MultipleChoiceTask):
+    fixed_labels = "ABCD"
     title = "HellaSwag"
     default_max_new_tokens = 128
     hub = ("Rowan/hellaswag", None, "validation")

@@ -89,6 +89,10 @@ class HumanEval(Task):
     default_max_new_tokens = 384
     hub = ("openai/openai_humaneval", None, "test")
     Options = HumanEvalOptions
+    doc_fields = ("prompt", "test", "entry_point")
+
+    def data_at_hand(self) -> bool:
+        return self.data_dir is not None or self._package_file() is not None
 
     def _doc(self, row: dict) -> Doc:
         data = {name: row[name] for name in ("prompt", "test", "entry_point")}

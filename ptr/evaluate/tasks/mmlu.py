@@ -53,6 +53,7 @@ def read_subject_csv(path: Path, subject: str, prefix: str) -> list[Doc]:
 
 @register_task("mmlu")
 class Mmlu(MultipleChoiceTask):
+    fixed_labels = "ABCD"
     title = "MMLU"
     default_max_new_tokens = 256
     hub = ("cais/mmlu", "all", "test")

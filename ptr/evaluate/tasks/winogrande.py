@@ -26,6 +26,7 @@ def winogrande_doc(row: dict, where, line) -> Doc:
 
 @register_task("winogrande")
 class WinoGrande(MultipleChoiceTask):
+    fixed_labels = "AB"
     title = "WinoGrande"
     default_max_new_tokens = 160
     instruction = "Which option fills the blank (_)? Answer with its letter."

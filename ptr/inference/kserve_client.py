@@ -1,7 +1,6 @@
-"""A model served by `ptr serve` (KServe V1 or V2), as a generation backend.
+"""A model served by `ptr serve` (KServe V1 or V2), as a generation backend over HTTP.
 
-``KServeBackend`` has the interface of the other backends (``name``, ``model_name``, ``generate``) and
-also ``refine``, which :func:`ptr.inference.refine` hands the whole job to: each conversation goes to the
+``KServeBackend`` overrides :meth:`~ptr.inference.backend.Backend.refine`: each conversation goes to the
 server in ONE request with ``parameters.rounds = R``, and the server runs the rounds itself.
 
 Why server-side rounds rather than one request per round:
@@ -11,12 +10,14 @@ Why server-side rounds rather than one request per round:
 * one round trip per question instead of R, and the server's batcher mixes round 2 of one question
   with round 1 of another, so the model never waits for the client between rounds;
 * the refine turn is built by the same code (``ptr.inference.continue_conversation``) that local
-  evaluation uses, with the refine prompt sent as a parameter, so served and local results agree.
+  evaluation uses, with the refine prompt sent as a parameter (or, when none is given, the server's
+  default: the served model's trained prompt), so served and local results agree.
 
 The cost: ``on_round`` callbacks arrive when a conversation's last round is back, not as each round
 finishes. Requests run with bounded concurrency, a timeout, and retries with backoff on connection
 errors, 429, 503 (model loading) and other 5xx; a 400 (a request the server will not run) fails at once
-with the server's reason. No kserve import: evaluation images need only httpx.
+with the server's reason. The server stops each round at the model's end of turn (it has the
+tokenizer). No kserve import: evaluation images need only httpx.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from ptr.errors import PtrError
+from ptr.inference.backend import Backend, BackendOptions
 from ptr.inference.http import EndpointError, JsonClient
+from ptr.inference.refine_protocol import completion_of, request_body
 from ptr.inference.types import Completion, Conversation, SamplingParams
-from ptr.prompts import REFINE_PROMPT
-from ptr.serve.schema import completion_of
 
 PROTOCOLS = ("v1", "v2")
 
 
-class KServeBackend:
+class KServeBackend(Backend):
     name = "kserve"
+    local = False
 
     def __init__(
         self,
@@ -66,6 +69,14 @@ class KServeBackend:
         )
         self.model_name = model_name or self._first_model()
 
+    @classmethod
+    def from_options(cls, model_ref, options: BackendOptions) -> KServeBackend:
+        if not options.endpoint:
+            raise PtrError(
+                "the kserve backend needs --endpoint (the server's base URL, e.g. http://host:8080)"
+            )
+        return cls(options.endpoint, model_ref, concurrency=options.batch_size)
+
     # -- HTTP -------------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -77,19 +88,8 @@ class KServeBackend:
             raise EndpointError(f"{self.endpoint}/v1/models lists no model; pass a model name")
         return models[0]
 
-    def _predict(self, conversations: list[Conversation], rounds: int, params, refine_prompt: str):
-        instances = [{"prompt": c} if isinstance(c, str) else {"messages": c} for c in conversations]
-        parameters = {
-            "rounds": rounds,
-            "max_new_tokens": params.max_new_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "top_k": params.top_k,
-            "seed": params.seed,
-            "stop": list(params.stop),
-            "refine_prompt": refine_prompt,
-        }
-        request = {"instances": instances, "parameters": parameters}
+    def _predict(self, conversations: list[Conversation], rounds: int, params, refine_prompt: str | None):
+        request = request_body(conversations, rounds, params, refine_prompt)
         if self.protocol == "v1":
             data = self._request("POST", f"/v1/models/{self.model_name}:predict", request)
         else:
@@ -118,17 +118,19 @@ class KServeBackend:
 
     def refine(
         self,
-        conversations: list[Conversation],
+        conversations,
         rounds: int,
         params: SamplingParams,
         *,
-        refine_prompt: str = REFINE_PROMPT,
+        refine_prompt: str | None = None,
+        chunk_size: int = 64,
         on_round=None,
         progress=None,
-        **_,
     ) -> list[list[Completion]]:
-        """Rounds 1..R per conversation, run server-side; ``on_round(k, indices, completions)`` is
-        called for each round of each request once it is back, ``progress(n)`` per generation."""
+        """Rounds 1..R per conversation, run server-side (``refine_prompt`` None: the server's
+        default); ``on_round(k, indices, completions)`` is called for each round of each request once it
+        is back, ``progress(n)`` per generation. ``chunk_size`` does not apply: the server bounds its
+        caches."""
         if rounds < 1:
             raise ValueError("rounds must be >= 1")
         step = self.instances_per_request
@@ -157,9 +159,7 @@ class KServeBackend:
                 list(pool.map(run, chunks))
         return results  # type: ignore[return-value]
 
-    def generate(
-        self, conversations: list[Conversation], params: SamplingParams, progress=None, **_
-    ) -> list[Completion]:
+    def generate(self, conversations, params: SamplingParams, *, progress=None, **_) -> list[Completion]:
         return [r[0] for r in self.refine(conversations, 1, params, progress=progress)]
 
     def close(self) -> None:
