@@ -7,6 +7,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from ptr import embeddings
+from ptr.argv import config_argv
 from ptr.data.filters import FilterConfig
 from ptr.data.model_pool import BackendName
 from ptr.prompts import FINAL_ANSWER_INSTRUCTION, REFINE_PROMPT
@@ -41,3 +42,9 @@ class ThoughtsConfig(BaseModel):
     embedding_model: str = embeddings.DEFAULT
     progress: bool = True
     publish_every_s: float = 300.0  # s3 outputs: publish partial progress this often
+
+    def to_argv(self) -> list[str]:
+        """``ptr thoughts`` flags that give back this config (filter settings flat, as the command
+        takes them)."""
+        argv = config_argv(self.model_copy(update={"filters": FilterConfig(), "progress": True}))
+        return argv + config_argv(self.filters) + ([] if self.progress else ["--no_progress"])
