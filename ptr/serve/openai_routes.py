@@ -117,7 +117,7 @@ def register(app, model, prefix: str = PREFIX) -> None:
             (outs,) = await model.batcher.refine([conversation], 1, params, model.refine_prompt)
             return outs[0], None
         except RequestError as err:
-            return None, _error(400, str(err).removeprefix("instances[0]: round 1: "))
+            return None, _error(400, err.reason)  # one prompt, one round: where adds nothing
         except LookupError as err:
             return None, _error(404, str(err), "model_not_found")
 
