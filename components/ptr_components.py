@@ -63,10 +63,8 @@ def deploy_model(
 def evaluate_base(run: dict, evaluate: dict, train: dict, run_id: str, results: Output[Dataset]):
     """Score the base model over R refinement rounds, for comparison."""
     from ptr.pipeline import steps
-    from ptr.pipeline.config import section
 
-    base_model = section("train", train).base_model
-    steps.evaluate_base(run, evaluate, base_model, results.path, run_id)
+    steps.evaluate_base(run, evaluate, train, results.path, run_id)
 
 
 @component

@@ -205,7 +205,7 @@ def test_the_evaluate_step_honours_save_infer_texts(tmp_path, monkeypatch):
         "max_new_tokens": 4,
         "eval_options": {"save_infer_texts": False, "dtype": "float32", "plot": False},
     }
-    metrics = steps.evaluate_base({}, evaluate, "tiny-random", str(tmp_path), "run-1")
+    metrics = steps.evaluate_base({}, evaluate, {"base_model": "tiny-random"}, str(tmp_path), "run-1")
     assert metrics["arith"]["n"] == 2
     written = sorted(p.name for p in (tmp_path / "base").iterdir())
     assert "arith.metrics.json" in written and not any("predictions" in name for name in written)

@@ -243,6 +243,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--strong_top_k", type=int, default=default(T, "strong_top_k"))
     g.add_argument("--seed", type=int, default=default(T, "seed"))
     g.add_argument("--refine_prompt", default=default(T, "refine_prompt"))
+    g.add_argument(
+        "--final_instruction",
+        default=default(T, "final_instruction"),
+        help="what the strong model is asked to do with the attempts",
+    )
     f = p.add_argument_group("filters")
     f.add_argument(
         "--allow_truncated",
@@ -267,6 +272,12 @@ def parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--embedding_model", default=default(T, "embedding_model"))
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--publish_every_s",
+        type=float,
+        default=default(T, "publish_every_s"),
+        help="s3:// outputs: publish partial progress this often",
+    )
     return p
 
 

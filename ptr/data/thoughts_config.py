@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ptr import embeddings
+from ptr.argv import config_argv
 from ptr.data.filters import FilterConfig
 from ptr.data.model_pool import BackendName
 from ptr.prompts import FINAL_ANSWER_INSTRUCTION, REFINE_PROMPT
@@ -74,3 +75,9 @@ class ThoughtsConfig(BaseModel):
     @property
     def imports(self) -> bool:
         return self.thoughts_input is not None
+
+    def to_argv(self) -> list[str]:
+        """``ptr thoughts`` flags that give back this config (filter settings flat, as the command
+        takes them)."""
+        argv = config_argv(self.model_copy(update={"filters": FilterConfig(), "progress": True}))
+        return argv + config_argv(self.filters) + ([] if self.progress else ["--no_progress"])

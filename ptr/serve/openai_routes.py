@@ -164,7 +164,9 @@ def register(app, model, prefix: str = PREFIX) -> None:
     def failure(err: Exception) -> JSONResponse:
         if isinstance(err, LookupError):
             return _error(404, str(err), "model_not_found")
-        return _error(400, str(err).removeprefix("instances[0]: round 1: "))
+        if isinstance(err, RequestError):  # one prompt, one round: where it was adds nothing
+            return _error(400, err.reason)
+        return _error(400, str(err))
 
     async def answer(request: Request, kind: _Kind):
         try:
