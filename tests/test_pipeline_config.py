@@ -205,7 +205,7 @@ def test_the_evaluate_step_honours_save_infer_texts(tmp_path, monkeypatch):
         "max_new_tokens": 4,
         "eval_options": {"save_infer_texts": False, "dtype": "float32", "plot": False},
     }
-    metrics = steps.evaluate_base({}, evaluate, "tiny-random", str(tmp_path), "run-1")
+    metrics = steps.evaluate_base({}, evaluate, {"base_model": "tiny-random"}, str(tmp_path), "run-1")
     assert metrics["arith"]["n"] == 2
     written = sorted(p.name for p in (tmp_path / "base").iterdir())
     assert "arith.metrics.json" in written and not any("predictions" in name for name in written)
@@ -241,6 +241,11 @@ def test_evaluate_base_fails_first_when_the_promotion_task_has_no_data(tmp_path,
         PtrError, match=r"promote uses gsm8k.round1, but task gsm8k has no data here .*Stage the data"
     ):
         steps.evaluate_base(
-            {}, evaluate, "tiny-random", str(tmp_path / "out"), "run-1", promote={"primary": "gsm8k.round1"}
+            {},
+            evaluate,
+            {"base_model": "tiny-random"},
+            str(tmp_path / "out"),
+            "run-1",
+            promote={"primary": "gsm8k.round1"},
         )
     assert calls == []  # nothing evaluated first

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ptr.argv import config_argv
 from ptr.data import outputs
 from ptr.data.cleaning import clean_generated, stops_for
 from ptr.data.config import build, default
@@ -52,6 +53,10 @@ class GenerateConfig(BaseModel):
         if self.model_name is not None and len(self.model_name) != len(self.model_path):
             raise ValueError("give one --model_name per --model_path")
         return self
+
+    def to_argv(self) -> list[str]:
+        """``ptr generate`` flags that give back this config."""
+        return config_argv(self)
 
     def names(self) -> list[str]:
         if self.model_name:
@@ -153,10 +158,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(args) -> GenerateConfig:
+    return build(GenerateConfig, **vars(args))
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    written = run_generate(build(GenerateConfig, **vars(args)))
+    written = run_generate(config_from_args(parser().parse_args(argv)))
     for uri, n in written.items():
         print(f"wrote {n} records to {uri}", file=sys.stderr)
     return 0

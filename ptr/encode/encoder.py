@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ptr import storage
+from ptr.argv import config_argv
 from ptr.chat import end_of_turn_tokens
 from ptr.encode.layout import ChatLayout, tokenizer_hash, vocab_size
 from ptr.encode.packing import BestFitPacker
@@ -62,6 +63,10 @@ class EncodeConfig(BaseModel):
     overflow: Literal["drop", "truncate"] = "drop"
     refine_prompt: str = REFINE_PROMPT
     num_proc: int | None = Field(None, ge=1)  # None: one per core where there are 4 or more
+
+    def to_argv(self) -> list[str]:
+        """``ptr encode`` flags that give back this config."""
+        return config_argv(self)
 
     @field_validator("corpus_name")
     @classmethod

@@ -13,8 +13,9 @@ backend's name, another object's internals):
 * ``tokenizer`` and ``chat_template`` (the model's, where at hand), ``provenance()`` (the model's training record,
   ``ptr_train.json``, where it is at hand), ``max_stop_strings`` (an API's limit), ``close()``.
 
-Streaming (tokens as they come) would be one more capability here with a default that yields the whole
-completion at once; ``generate`` stays as it is.
+* ``generate_stream(..., on_text)``: ``generate``, also handing out each conversation's text piece by
+  piece as it is decoded (a server streams it to its client). ``streams`` says whether the pieces come
+  as tokens are made; the default hands each completion's whole text over once it is done.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ptr.inference.types import Completion, Conversation, SamplingParams, contin
 from ptr.prompts import REFINE_PROMPT
 
 Progress = Callable[[int], None]
+OnText = Callable[[int, str], None]  # (conversation index, the next piece of its text)
 OnRound = Callable[[int, list[int], list[Completion]], None]
 
 
@@ -78,6 +80,7 @@ class Backend(ABC):
     tokenizer: Any = None
     context_length: int | None = None
     max_stop_strings: int | None = None  # None: no limit
+    streams: ClassVar[bool] = False  # generate_stream hands out text as it is decoded
 
     @classmethod
     @abstractmethod
@@ -101,6 +104,26 @@ class Backend(ABC):
         ``keys[i]``, and its new state is kept there unless ``keep`` is False (it will not continue)."""
 
     # -- optional capabilities ---------------------------------------------------------------------
+
+    def generate_stream(
+        self,
+        conversations: Sequence[Conversation],
+        params: SamplingParams,
+        on_text: OnText,
+        *,
+        progress: Progress | None = None,
+        session: PrefixSession | None = None,
+        keys: Sequence[Hashable] | None = None,
+        keep: bool = True,
+    ) -> list[Completion]:
+        """``generate``, also calling ``on_text(i, piece)`` with each new piece of conversation i's text;
+        the pieces of i join to its completion's ``text``. Here (a backend that does not stream): the
+        whole text of each, once all are done."""
+        outs = self.generate(conversations, params, progress=progress, session=session, keys=keys, keep=keep)
+        for i, out in enumerate(outs):
+            if out.text:
+                on_text(i, out.text)
+        return outs
 
     def prompt_tokens(self, conversation: Conversation) -> int | None:
         """How many tokens the prompt is, or None where the backend cannot tell."""

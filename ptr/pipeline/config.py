@@ -21,7 +21,6 @@ from ptr.data.thoughts_config import ThoughtsConfig
 from ptr.encode.encoder import EncodeConfig
 from ptr.errors import PtrError, describe, invalid
 from ptr.evaluate.config import EvalConfig, TaskConfig
-from ptr.objective import DEFAULT_LOSS_WEIGHTS
 from ptr.sections import Section
 from ptr.tracking import gate
 from ptr.train.config import TrainConfig
@@ -49,7 +48,7 @@ class Run(Section):
 
 # Stage config fields a section sets itself (so its options may not): the rest are options.
 THOUGHTS_SET = ("queries", "output_path", "weak_models", "strong_model", "num_thoughts", "max_new_tokens")
-THOUGHTS_SET += ("backend", "seed")
+THOUGHTS_SET += ("backend", "seed", "thoughts_input")
 TRAIN_SET = ("model_path", "data_path", "output_path", "save_name", "max_epochs", "max_steps")
 TRAIN_SET += ("loss_weights", "deepspeed_config_path", "use_lora", "seed")
 # save_infer_results too: the report and the promotion read the metrics files
@@ -70,10 +69,13 @@ def _options(name: str, options: dict, owned: Collection[str], build: Callable[[
 
 
 class Data(Section):
-    """Phase 1: queries, then weak→strong thoughts. ``thoughts_options`` are further
+    """Phase 1: queries, then weak→strong thoughts — or, with ``thoughts_input``, thought data made
+    elsewhere (the paper's release, a thoughts JSONL, s3://, hf:): no queries are sourced and nothing
+    is generated, so the settings for that go unused. ``thoughts_options`` are further
     :class:`~ptr.data.thoughts_config.ThoughtsConfig` fields, filter settings written flat as on the
     command line (``allow_truncated: true``)."""
 
+    thoughts_input: str | None = None
     queries_input: str = "builtin"
     queries_limit: int | None = Field(None, gt=0)
     decontaminate_dir: str | None = None
@@ -108,10 +110,15 @@ class Data(Section):
     def thoughts_config(
         self, queries: str, output_path: str, *, seed: int, options: dict | None = None
     ) -> ThoughtsConfig:
+        """Generating: from ``queries`` with the section's models; importing: ``thoughts_input``."""
         options = dict(self.thoughts_options if options is None else options)
         flat = {k: options.pop(k) for k in list(options) if k in FilterConfig.model_fields}
         if flat:  # filter settings written flat, as on the command line
             options["filters"] = {**options.get("filters", {}), **flat}
+        if self.thoughts_input:
+            return ThoughtsConfig(
+                thoughts_input=self.thoughts_input, output_path=output_path, seed=seed, **options
+            )
         return ThoughtsConfig(
             queries=queries,
             output_path=output_path,
@@ -135,7 +142,7 @@ class Train(Section):
     merge_data: bool = True
     max_steps: int | None = Field(None, gt=0)
     max_epochs: int = Field(1, gt=0)
-    loss_weights: tuple[float, float, float] = DEFAULT_LOSS_WEIGHTS
+    loss_weights: tuple[float, float, float] | None = None  # None: the corpus's (the encoder records them)
     # A config shipped in ptr/train/configs/ (by name: paper or paper.json) or a DeepSpeed config inline.
     deepspeed_config: str | dict[str, Any] | None = None
     # Merged over that config key by key (nested mappings merged too): small changes without a copy.
@@ -148,8 +155,9 @@ class Train(Section):
 
     @model_validator(mode="after")
     def _check(self):
-        if abs(sum(self.loss_weights) - 1.0) > 1e-6 or min(self.loss_weights) < 0:
-            raise ValueError(f"loss_weights must be non-negative and sum to 1, got {self.loss_weights}")
+        weights = self.loss_weights
+        if weights is not None and (abs(sum(weights) - 1.0) > 1e-6 or min(weights) < 0):
+            raise ValueError(f"loss_weights must be non-negative and sum to 1, got {weights}")
         _options(
             "train_options",
             self.train_options,

@@ -18,7 +18,12 @@ from ptr.prompts import REFINE_PROMPT
 
 
 class RequestError(ValueError):
-    """A request the server will not run; the message says why (HTTP 400)."""
+    """A request the server will not run; the message says why (HTTP 400): ``where: reason``, or the
+    reason alone. Callers that know where themselves read ``reason``."""
+
+    def __init__(self, reason: str, where: str = ""):
+        self.reason, self.where = reason, where
+        super().__init__(f"{where}: {reason}" if where else reason)
 
 
 @dataclass(frozen=True)

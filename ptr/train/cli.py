@@ -11,7 +11,6 @@ import argparse
 from pydantic import ValidationError
 
 from ptr.errors import cli_errors, invalid
-from ptr.objective import DEFAULT_LOSS_WEIGHTS
 from ptr.train import dist
 from ptr.train.config import TrainConfig
 from ptr.train.recipe import train
@@ -42,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     add("--save_lora_adapter", action="store_true")
     add(
         "--loss_weights",
-        help=f"λ1,λ2,λ3 for NLL, consistency, confidence (default {','.join(map(str, DEFAULT_LOSS_WEIGHTS))})",
+        help="λ1,λ2,λ3 for NLL, consistency, confidence (default: the corpus's, from its meta.json; "
+        "0.8,0.1,0.1 when it names none)",
     )
     add("--beta")
     add("--seed", type=int)

@@ -29,7 +29,7 @@ from ptr.models import default_dtype, load_tokenizer, resolve
 from ptr.tracking import NullRun, stage_run
 from ptr.train import checkpoint, ds_config, export, packed_model
 from ptr.train import dist as ptr_dist
-from ptr.train.config import TrainConfig
+from ptr.train.config import TrainConfig, resolve_loss_weights
 from ptr.train.data import Batches, max_token_id
 from ptr.train.metrics import MetricsLog, log_stderr, plot
 
@@ -112,6 +112,9 @@ class Recipe:
         self.dataset = ShardDataset(
             local_data(cfg.data_path, dist), seed=cfg.seed, rank=dist.rank, world_size=dist.world_size
         )
+        weights, source = resolve_loss_weights(cfg.loss_weights, self.dataset.metas, cfg.data_path)
+        self.cfg = cfg = cfg.model_copy(update={"loss_weights": weights})
+        self.say(f"loss weights λ1,λ2,λ3 = {','.join(f'{w:g}' for w in weights)} from {source}")
         self.micro, self.accum = ds_config.batch_sizes(self.ds_raw, dist.world_size, self.ds_source)
         self.model_path = resolve(cfg.model_path)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -307,10 +310,14 @@ class Recipe:
                 return packed_model.add_lora(rebuilt, lora) if lora is not None else rebuilt
 
             trained = export.rebuild(build, gathered) if gathered is not None else self.objective.lm
+            meta = self.dataset.meta
             provenance = {
                 "base_model": cfg.model_path,
                 "data_path": cfg.data_path,
-                "data_meta": self.dataset.meta,
+                "data_meta": meta,
+                # what the model saw in training, for evaluation and serving to default to
+                "refine_prompt": meta.get("refine_prompt", meta.get("layout", {}).get("refine_prompt")),
+                "layout": meta.get("layout"),
                 "steps": self.total_steps,
                 "loss_weights": list(cfg.loss_weights),
                 "beta": cfg.beta,
@@ -320,7 +327,12 @@ class Recipe:
                 "params_sha256": digest,
             }
             export.export(
-                trained, self.tokenizer, final, merge_lora=not cfg.save_lora_adapter, provenance=provenance
+                trained,
+                self.tokenizer,
+                final,
+                merge_lora=not cfg.save_lora_adapter,
+                provenance=provenance,
+                stop_tokens=export.stop_token_ids(self.tokenizer, trained, meta),
             )
             storage.publish(final, f"{cfg.output_path.rstrip('/')}/{cfg.save_name}/final")
             png = plot(self.metrics.records(), self.run_dir / "loss.png")

@@ -8,6 +8,7 @@ from pathlib import Path
 from ptr.data.queries import run_queries
 from ptr.data.thoughts import run_thoughts
 from ptr.errors import PtrError
+from ptr.files import write_json
 from ptr.pipeline.config import section
 from ptr.pipeline.steps.common import announce, set_context
 
@@ -19,6 +20,11 @@ def queries(run: dict, data: dict, out_dir: str, run_id: str) -> dict:
     set_context(run, run_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if data.thoughts_input:  # imported thought data: nothing to source
+        (out / "queries.jsonl").write_text("")
+        summary = {"records": 0, "skipped": "data.thoughts_input: thoughts are imported"}
+        write_json(out / "queries.summary.json", summary)
+        return summary
     config = data.queries_config(
         str(out / "queries.jsonl"), seed=run.seed, data_dir=os.environ.get("PTR_DATA_DIR")
     )

@@ -84,17 +84,18 @@ def _evaluate(evaluate: Evaluate, out: Path, save_name: str, seed: int, **model)
 
 
 def evaluate_base(
-    run: dict, evaluate: dict, base_model: str, out_dir: str, run_id: str, promote: dict | None = None
+    run: dict, evaluate: dict, train: dict, out_dir: str, run_id: str, promote: dict | None = None
 ) -> dict:
-    """The base model, asked and asked to refine, for the side-by-side table. It runs first, beside the
-    data steps, so a promotion metric whose task has no data fails the run here, before training."""
-    run, evaluate = section("run", run), section("evaluate", evaluate)
+    """The base model (``train.base_model``), asked and asked to refine, for the side-by-side table. It
+    runs first, beside the data steps, so a promotion metric whose task has no data fails the run here,
+    before training."""
+    run, evaluate, train = section("run", run), section("evaluate", evaluate), section("train", train)
     set_context(run, run_id)
     if promote is not None:
         _promotion_has_data(evaluate, section("promote", promote))
     out = Path(out_dir)
     skipped = _evaluate(
-        evaluate, out, "base", run.seed, model_path=base_model, model_type=evaluate.base_model_type
+        evaluate, out, "base", run.seed, model_path=train.base_model, model_type=evaluate.base_model_type
     )
     write_json(out / "skipped.json", skipped)
     return read_metrics(out / "base")
