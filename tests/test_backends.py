@@ -93,6 +93,14 @@ def test_a_backend_without_optional_capabilities_gets_safe_defaults():
     echo = Echo()
     assert echo.fits(chat("x" * 100_000)) and echo.prompt_tokens(chat("x")) is None
     assert echo.session() is None and echo.provenance() == {} and echo.tokenizer is None
+    assert echo.chat_template is None
+    assert not echo.streams
+    pieces = []  # streaming's default: each completion's whole text once generation is done
+    outs = echo.generate_stream(
+        [chat("Q1"), chat("Q2")], SamplingParams(), lambda i, t: pieces.append((i, t))
+    )
+    assert pieces == [(0, outs[0].text), (1, outs[1].text)] and len(echo.calls) == 1
+    echo.calls.clear()
     seen = []
     out = refine(
         echo,

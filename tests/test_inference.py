@@ -107,6 +107,53 @@ def test_stop_strings_and_length(tiny_backend):
     assert short.completion_tokens <= 3
 
 
+def test_streamed_pieces_join_to_the_text_and_come_while_decoding(tiny_backend):
+    params = SamplingParams(max_new_tokens=24)
+    plain = tiny_backend.generate(convs(), params)
+    events = []
+
+    class Counting:  # how many decoding steps had run when each piece came
+        def __init__(self):
+            self.steps = 0
+
+    counter = Counting()
+    model_forward = tiny_backend.model.forward
+
+    def counted(*args, **kwargs):
+        counter.steps += 1
+        return model_forward(*args, **kwargs)
+
+    tiny_backend.model.forward = counted
+    try:
+        streamed = tiny_backend.generate_stream(
+            convs(), params, lambda i, piece: events.append((i, piece, counter.steps))
+        )
+    finally:
+        del tiny_backend.model.forward
+    assert tiny_backend.streams
+    assert [c.text for c in streamed] == [c.text for c in plain]
+    for i, c in enumerate(streamed):
+        assert "".join(p for j, p, _ in events if j == i) == c.text, i
+    long_rows = [i for i, c in enumerate(streamed) if c.completion_tokens > 4]
+    assert long_rows
+    for i in long_rows:  # several pieces, the first long before the last decoding step
+        steps = [s for j, _, s in events if j == i]
+        assert len(steps) >= 2 and steps[0] < counter.steps, (i, steps, counter.steps)
+    assert all(piece for _, piece, _ in events)
+
+
+def test_streaming_never_hands_out_a_stop_string(tiny_backend):
+    base = tiny_backend.generate(convs(), SamplingParams(max_new_tokens=20))
+    i, text = next((i, c.text) for i, c in enumerate(base) if len(c.text.strip()) > 8)
+    stop = text[4:8]
+    pieces = []
+    (out,) = tiny_backend.generate_stream(
+        [convs()[i]], SamplingParams(max_new_tokens=20, stop=(stop,)), lambda _, p: pieces.append(p)
+    )
+    assert "".join(pieces) == out.text and stop not in out.text and out.finish_reason == "stop"
+    assert text.startswith(out.text)
+
+
 def test_eos_ends_turn_and_no_control_tokens(tiny_backend):
     # make the end-of-turn token the most likely next token: generation must stop with reason "stop"
     import torch

@@ -235,9 +235,15 @@ def test_bad_v2_and_openai_requests_are_4xx_never_500(server):
         (f"{server}/openai/v1/chat/completions", {"model": "ptr", "messages": chat("a"), "n": 2}, 400, "n:"),
         (
             f"{server}/openai/v1/chat/completions",
-            {"model": "ptr", "messages": chat("a"), "stream": True},
+            {"model": "ptr", "messages": chat("a"), "stream_options": {"include_usage": True}},
             400,
-            "stream",
+            "stream_options",
+        ),
+        (
+            f"{server}/openai/v1/chat/completions",
+            {"model": "ptr", "messages": chat("a"), "stream": True, "max_tokens": 10**6},
+            400,
+            "max_tokens",
         ),
         (f"{server}/openai/v1/chat/completions", {"model": "gpt", "messages": chat("a")}, 404, "gpt"),
         (f"{server}/openai/v1/completions", b"\xff", 400, "UTF-8"),
@@ -319,6 +325,70 @@ def test_openai_client_against_ptr_serve(server, tiny_backend):
     assert texts(refine(client, CONVERSATIONS, 2, params)) == texts(
         refine(tiny_backend, CONVERSATIONS, 2, params)
     )
+
+
+def test_official_openai_client_streams_both_routes(server, tiny_backend):
+    """The `openai` package (the client chat front ends use) with stream=True: OpenAI's chunk format,
+    text as it is decoded, the finish reason, a usage chunk when asked, then [DONE] (the client stops
+    there). The pieces join to the text the same request gets without streaming."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server}/openai/v1", api_key="none", max_retries=0)
+    question = chat("Count from one to twenty, in words.")
+    plain = client.chat.completions.create(model="ptr", messages=question, max_tokens=24, temperature=0)
+    assert plain.choices[0].message.content == tiny_backend.generate([question], SamplingParams(24))[0].text
+
+    chunks = list(
+        client.chat.completions.create(
+            model="ptr",
+            messages=question,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" and c.model == "ptr" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content) >= 2  # text as it is decoded, not one piece at the end
+    assert "".join(content) == plain.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [plain.choices[0].finish_reason]
+    assert not chunks[-1].choices and chunks[-1].usage.model_dump() == plain.usage.model_dump()
+    assert all(c.usage is None for c in chunks[:-1])
+
+    prompt = "Question: Name three colours.\nAnswer:"
+    whole = client.completions.create(model="ptr", prompt=prompt, max_tokens=16, temperature=0)
+    pieces = list(
+        client.completions.create(model="ptr", prompt=prompt, max_tokens=16, temperature=0, stream=True)
+    )
+    assert all(c.object == "text_completion" and c.usage is None for c in pieces)  # no usage unless asked
+    assert "".join(c.choices[0].text for c in pieces) == whole.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+    with pytest.raises(openai.NotFoundError):
+        list(client.chat.completions.create(model="gpt", messages=question, stream=True))
+
+
+def test_streams_end_with_done_and_errors_before_the_stream_are_http_errors(server, tiny_backend):
+    with httpx.stream(
+        "POST",
+        f"{server}/openai/v1/chat/completions",
+        json={"model": "ptr", "messages": chat("Hi"), "max_tokens": 4, "stream": True},
+        timeout=60,
+    ) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in resp.iter_lines() if line]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
+    long = _long_prompt(tiny_backend, 2100)  # past the 2048-token context: refused before streaming
+    resp = httpx.post(
+        f"{server}/openai/v1/completions",
+        json={"model": "ptr", "prompt": long, "max_tokens": 4, "stream": True},
+        timeout=60,
+    )
+    assert resp.status_code == 400 and "context" in resp.json()["error"]["message"], resp.text
 
 
 def test_refine_cli_with_kserve_backend(server):

@@ -145,3 +145,33 @@ def test_model_loads_s3_reference_from_real_store(s3_store, tmp_path, tiny_path,
     }
     out = asyncio.run(model.predict(body))
     assert len(out["predictions"][0]["rounds"]) == 2
+
+
+def test_a_streaming_request_shares_its_batch_with_a_plain_one(tiny_backend):
+    """Streaming is per job: the batch runs through generate_stream, only the streaming request gets
+    pieces (labelled instance and round), and both get the text they get alone."""
+    batcher = DynamicBatcher(tiny_backend, max_batch_size=4, max_wait_ms=50)
+    convs = [chat("Name three colours."), chat("Count to five.")]
+    pieces = []
+    calls = []
+    real = tiny_backend.generate_stream
+
+    def spy(conversations, params, on_text, **kw):
+        calls.append(len(conversations))
+        return real(conversations, params, on_text, **kw)
+
+    async def main():
+        streamed = batcher.refine([convs[0]], 2, PARAMS, "Refine.", on_text=lambda *e: pieces.append(e))
+        return await asyncio.gather(streamed, batcher.refine([convs[1]], 2, PARAMS, "Refine."))
+
+    tiny_backend.generate_stream = spy
+    try:
+        (streamed,), (plain,) = asyncio.run(main())
+    finally:
+        del tiny_backend.generate_stream
+    alone = refine(tiny_backend, convs, 2, PARAMS, refine_prompt="Refine.")
+    assert [c.text for c in streamed] == texts(alone)[0] and [c.text for c in plain] == texts(alone)[1]
+    assert calls == [2, 2]  # both rounds ran as one batch of two
+    assert {(i, k) for i, k, _ in pieces} <= {(0, 1), (0, 2)}
+    for k in (1, 2):
+        assert "".join(p for _, kk, p in pieces if kk == k) == streamed[k - 1].text

@@ -36,7 +36,7 @@ def family_of(chat_template: str | None) -> str | None:
 
 def stops_for(backend: Backend, *, plain_prompt: bool = False) -> tuple[str, ...]:
     """Stop strings for a loaded backend: its family's markers (the generic list when unknown)."""
-    family = family_of(getattr(backend.tokenizer, "chat_template", None))
+    family = family_of(backend.chat_template)
     stops = FAMILY_STOPS[family] if family else GENERIC_STOPS
     if plain_prompt:
         stops = PLAIN_PROMPT_STOPS + stops

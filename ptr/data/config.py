@@ -17,6 +17,8 @@ def build(model: type[M], **values) -> M:
         return model(**values)
     except ValidationError as err:
         first = err.errors()[0]
+        if not first["loc"]:  # a check across fields: its message names them
+            raise PtrError(first["msg"].removeprefix("Value error, ")) from None
         where = ".".join(map(str, first["loc"])) or model.__name__
         raise PtrError(f"--{where}: {first['msg']}") from None
 

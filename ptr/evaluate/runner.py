@@ -77,7 +77,7 @@ def resolve_format(config: EvalConfig, backend: Backend) -> str:
     fmt = config.format_type
     if fmt == "auto":
         if backend.tokenizer is not None:
-            fmt = "chat" if getattr(backend.tokenizer, "chat_template", None) else "default"
+            fmt = "chat" if backend.chat_template else "default"
         else:
             fmt = "chat"  # served models (openai, kserve) take messages
     check_format(backend, fmt)

@@ -10,11 +10,12 @@ backend's name, another object's internals):
   attention cache between calls (the transformers backend); None where it keeps none of its own.
 * ``refine(...)``: all refinement rounds. The default asks, then asks to refine, turn by turn through
   ``generate`` (with a session where the backend offers one); a served model runs the rounds itself.
-* ``tokenizer`` (the model's, where it is at hand), ``provenance()`` (the model's training record,
+* ``tokenizer`` and ``chat_template`` (the model's, where at hand), ``provenance()`` (the model's training record,
   ``ptr_train.json``, where it is at hand), ``max_stop_strings`` (an API's limit), ``close()``.
 
-Streaming (tokens as they come) would be one more capability here with a default that yields the whole
-completion at once; ``generate`` stays as it is.
+* ``generate_stream(..., on_text)``: ``generate``, also handing out each conversation's text piece by
+  piece as it is decoded (a server streams it to its client). ``streams`` says whether the pieces come
+  as tokens are made; the default hands each completion's whole text over once it is done.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ptr.inference.types import Completion, Conversation, SamplingParams, contin
 from ptr.prompts import REFINE_PROMPT
 
 Progress = Callable[[int], None]
+OnText = Callable[[int, str], None]  # (conversation index, the next piece of its text)
 OnRound = Callable[[int, list[int], list[Completion]], None]
 
 
@@ -77,6 +79,7 @@ class Backend(ABC):
     tokenizer: Any = None
     context_length: int | None = None
     max_stop_strings: int | None = None  # None: no limit
+    streams: ClassVar[bool] = False  # generate_stream hands out text as it is decoded
 
     @classmethod
     @abstractmethod
@@ -101,6 +104,26 @@ class Backend(ABC):
 
     # -- optional capabilities ---------------------------------------------------------------------
 
+    def generate_stream(
+        self,
+        conversations: Sequence[Conversation],
+        params: SamplingParams,
+        on_text: OnText,
+        *,
+        progress: Progress | None = None,
+        session: PrefixSession | None = None,
+        keys: Sequence[Hashable] | None = None,
+        keep: bool = True,
+    ) -> list[Completion]:
+        """``generate``, also calling ``on_text(i, piece)`` with each new piece of conversation i's text;
+        the pieces of i join to its completion's ``text``. Here (a backend that does not stream): the
+        whole text of each, once all are done."""
+        outs = self.generate(conversations, params, progress=progress, session=session, keys=keys, keep=keep)
+        for i, out in enumerate(outs):
+            if out.text:
+                on_text(i, out.text)
+        return outs
+
     def prompt_tokens(self, conversation: Conversation) -> int | None:
         """How many tokens the prompt is, or None where the backend cannot tell."""
         return None
@@ -109,6 +132,11 @@ class Backend(ABC):
         """Whether the prompt leaves room for at least one new token (True where unknown)."""
         n = self.prompt_tokens(conversation)
         return n is None or self.context_length is None or n + 1 <= self.context_length
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's chat template, where its tokenizer is at hand and has one."""
+        return getattr(self.tokenizer, "chat_template", None) or None
 
     def session(self) -> PrefixSession | None:
         """A session for conversations that will continue, or None where the backend keeps no state

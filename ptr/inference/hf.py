@@ -16,6 +16,9 @@ The cache of the last shared prefix is kept for the next call.
 
 Decoding writes each new token's keys and values into room reserved in advance, instead of letting
 transformers' ``DynamicLayer`` concatenate (copy) the whole cache at every step.
+
+Streaming (``generate_stream``): after each decoding step every row hands out the text that can no
+longer change (:class:`_TextStream`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 from ptr.chat import end_of_turn_ids
 from ptr.inference.attention import use_decode_attention
-from ptr.inference.backend import Backend, BackendOptions, PrefixSession
+from ptr.inference.backend import Backend, BackendOptions, OnText, PrefixSession
 from ptr.inference.types import Completion, Conversation, SamplingParams
 from ptr.models import load_model
 from ptr.models.provenance import read_provenance
@@ -92,6 +95,32 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+class _TextStream:
+    """One row's text, handed out as it is decoded: only what can no longer change. A partial UTF-8
+    character at the end waits for its next byte, and the last ``len(longest stop) - 1`` characters
+    wait while a stop string could still begin there (the completion's text is cut before it)."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], emit):
+        self.tokenizer, self.emit = tokenizer, emit
+        self.hold = max(map(len, stops), default=1) - 1
+        self.sent = 0  # characters handed out so far
+
+    def step(self, generated: list[int]) -> None:
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        upto = len(text) - self.hold
+        if upto > self.sent:
+            self.emit(text[self.sent : upto])
+            self.sent = upto
+
+    def finish(self, text: str) -> None:
+        """The completion's final text (stop strings cut): the rest of it."""
+        if len(text) > self.sent:
+            self.emit(text[self.sent :])
+            self.sent = len(text)
+
+
 @dataclass
 class _Layout:
     """One batch laid out for its first forward pass. Per row: ``[pad][reused cache][pad][new prompt
@@ -106,6 +135,7 @@ class _Layout:
 
 class TransformersBackend(Backend):
     name = "transformers"
+    streams = True
 
     def __init__(
         self,
@@ -177,6 +207,22 @@ class TransformersBackend(Backend):
         keys=None,
         keep: bool = True,
     ) -> list[Completion]:
+        return self._generate(conversations, params, None, progress, session, keys, keep)
+
+    def generate_stream(
+        self,
+        conversations,
+        params: SamplingParams,
+        on_text: OnText,
+        *,
+        progress=None,
+        session: PrefixSession | None = None,
+        keys=None,
+        keep: bool = True,
+    ) -> list[Completion]:
+        return self._generate(conversations, params, on_text, progress, session, keys, keep)
+
+    def _generate(self, conversations, params, on_text, progress, session, keys, keep) -> list[Completion]:
         import torch
 
         ids = [self.encode(c) for c in conversations]
@@ -197,8 +243,18 @@ class TransformersBackend(Backend):
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             entries = [(session.get(keys[i]) if session else None) or shared for i in batch]
+            streams = None
+            if on_text is not None:
+                streams = [
+                    _TextStream(self.tokenizer, params.stop, functools.partial(on_text, i)) for i in batch
+                ]
             completions, new_entries = self._generate_batch(
-                [ids[i] for i in batch], entries, params, generator, keep_cache=session is not None and keep
+                [ids[i] for i in batch],
+                entries,
+                params,
+                generator,
+                keep_cache=session is not None and keep,
+                streams=streams,
             )
             for i, completion, entry in zip(batch, completions, new_entries, strict=True):
                 results[i] = completion
@@ -240,14 +296,17 @@ class TransformersBackend(Backend):
         self._shared = _Entry(list(tokens), keys, values)
         return self._shared
 
-    def _generate_batch(self, ids, entries, params: SamplingParams, generator, keep_cache: bool):
+    def _generate_batch(
+        self, ids, entries, params: SamplingParams, generator, keep_cache: bool, streams=None
+    ):
         """One batch: lay it out, fill the cache with what is reused, decode, and return the
-        completions and (with ``keep_cache``) each row's cache for its next round."""
+        completions and (with ``keep_cache``) each row's cache for its next round. ``streams``: one
+        :class:`_TextStream` per row, fed as the row decodes."""
         layout = self._layout(ids, entries)
         max_new = min(params.max_new_tokens, self.context_length - max(len(x) for x in ids))
         cache = self._reused_cache(layout, entries, room=layout.mask.shape[1] + max_new)
         generated, finish, mask = self._decode(
-            layout, cache, [len(x) for x in ids], max_new, params, generator
+            layout, cache, [len(x) for x in ids], max_new, params, generator, streams
         )
         completions = [
             self._completion(len(x), tokens, reason, params.stop)
@@ -307,9 +366,12 @@ class TransformersBackend(Backend):
             cache.update(keys, values, layer)
         return cache
 
-    def _decode(self, layout: _Layout, cache, lengths: list[int], max_new: int, params, generator):
+    def _decode(
+        self, layout: _Layout, cache, lengths: list[int], max_new: int, params, generator, streams=None
+    ):
         """Prefill, then one token per row per step until every row stopped. Returns the generated ids,
-        each row's finish reason and the final attention mask (which slots hold real tokens)."""
+        each row's finish reason and the final attention mask (which slots hold real tokens). A row's
+        stream (if any) gets its text after each step and the rest of it when the row stops."""
         import torch
 
         model, dev = self.model, self.device
@@ -337,6 +399,10 @@ class TransformersBackend(Backend):
                     finish[b] = self._finished(generated[b], params, last_step=step == max_new - 1)
                     if finish[b] is None:
                         active.append(b)
+                        if streams is not None:
+                            streams[b].step(generated[b])
+                    elif streams is not None:
+                        streams[b].finish(self._text(generated[b], params.stop))
                 if not active:
                     break
                 step_mask = torch.zeros(bsz, 1, dtype=torch.long)
@@ -361,14 +427,18 @@ class TransformersBackend(Backend):
             return "stop"
         return "length" if last_step else None
 
-    def _completion(self, prompt_len: int, generated: list[int], finish: str | None, stops) -> Completion:
+    def _text(self, generated: list[int], stops) -> str:
+        """The completion's text: the generated ids decoded, cut before the first stop string."""
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         for s in stops:
             cut = text.find(s)
             if cut >= 0:
                 text = text[:cut]
+        return text
+
+    def _completion(self, prompt_len: int, generated: list[int], finish: str | None, stops) -> Completion:
         return Completion(
-            text=text,
+            text=self._text(generated, stops),
             prompt_tokens=prompt_len,
             completion_tokens=len(generated),
             finish_reason=finish or "length",

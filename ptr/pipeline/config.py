@@ -135,8 +135,11 @@ class Run(Section):
 
 
 class Data(Section):
-    """Phase 1: queries, then weak→strong thoughts (options passed to the stages as they are)."""
+    """Phase 1: queries, then weak→strong thoughts (options passed to the stages as they are) — or,
+    with ``thoughts_input``, thought data made elsewhere (the paper's release, a thoughts JSONL, s3://,
+    hf:): no queries are sourced and nothing is generated, so the settings for that go unused."""
 
+    thoughts_input: str | None = None
     queries_input: str = "builtin"
     queries_limit: int | None = Field(None, gt=0)
     decontaminate_dir: str | None = None

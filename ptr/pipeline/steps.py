@@ -83,6 +83,11 @@ def queries(run: dict, data: dict, out_dir: str, run_id: str) -> dict:
     set_context(run, run_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if data.thoughts_input:  # imported thought data: nothing to source
+        (out / "queries.jsonl").write_text("")
+        summary = {"records": 0, "skipped": "data.thoughts_input: thoughts are imported"}
+        _write_json(out / "queries.summary.json", summary)
+        return summary
     options = {
         "input": data.queries_input,
         "output_path": out / "queries.jsonl",
@@ -99,17 +104,20 @@ def thoughts(run: dict, data: dict, queries_dir: str, out_dir: str, run_id: str)
     set_context(run, run_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    options = {
-        "queries": Path(queries_dir) / "queries.jsonl",
-        "weak_models": data.weak_models,
-        "strong_model": data.strong_model,
-        "num_thoughts": data.num_thoughts,
-        "max_new_tokens": data.max_new_tokens,
-        "backend": data.backend,
-        "seed": run.seed,
-        "output_path": out / "thoughts.jsonl",
-        **data.thoughts_options,
-    }
+    if data.thoughts_input:
+        options = {"thoughts_input": data.thoughts_input, "output_path": out / "thoughts.jsonl"}
+    else:
+        options = {
+            "queries": Path(queries_dir) / "queries.jsonl",
+            "weak_models": data.weak_models,
+            "strong_model": data.strong_model,
+            "num_thoughts": data.num_thoughts,
+            "max_new_tokens": data.max_new_tokens,
+            "backend": data.backend,
+            "seed": run.seed,
+            "output_path": out / "thoughts.jsonl",
+        }
+    options.update(data.thoughts_options)
     call_stage("ptr.data.thoughts:main", flags(options))
     summary = _summary(out / "thoughts.summary.json")
     if summary.get("kept") == 0:

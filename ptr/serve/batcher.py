@@ -11,6 +11,10 @@ one session for the server and each conversation a key in it, so round k runs on
 through the model, as :func:`ptr.inference.refine` does, even though the batch around it changes from
 round to round; a conversation's entry is forgotten when its last round is done.
 
+A job may stream: its ``on_text(piece)`` is called in the worker thread with each new piece of its text
+(:meth:`~ptr.inference.Backend.generate_stream`); a group with any such job runs through
+``generate_stream``.
+
 Before a job reaches the model its prompt is measured against the context; one that does not fit fails
 alone (:class:`ContextOverflow`) and never disturbs the batch it would have joined. This module does not
 import kserve.
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -48,6 +54,11 @@ class _Job:
     params: SamplingParams
     key: int  # the conversation's key in the backend's session
     future: asyncio.Future = field(repr=False)
+    on_text: Callable[[str], None] | None = field(default=None, repr=False)  # called in the worker thread
+
+
+# (instance index, round, the next piece of that round's text); called in the worker thread
+OnRoundText = Callable[[int, int, str], None]
 
 
 class DynamicBatcher:
@@ -75,27 +86,41 @@ class DynamicBatcher:
     def reuse_prefix(self) -> bool:
         return self.session is not None
 
-    async def generate(self, conversation: Conversation, params: SamplingParams, key: int) -> Completion:
-        """One generation of the conversation ``key`` (it continues from its cache in the session)."""
+    async def generate(
+        self,
+        conversation: Conversation,
+        params: SamplingParams,
+        key: int,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Completion:
+        """One generation of the conversation ``key`` (it continues from its cache in the session);
+        ``on_text`` gets its text piece by piece, in the worker thread."""
         if self._task is None:
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._collect_forever())
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(conversation, params, key, future))
+        self._queue.put_nowait(_Job(conversation, params, key, future, on_text))
         return await future
 
     async def refine(
-        self, conversations: list[Conversation], rounds: int, params: SamplingParams, refine_prompt: str
+        self,
+        conversations: list[Conversation],
+        rounds: int,
+        params: SamplingParams,
+        refine_prompt: str,
+        on_text: OnRoundText | None = None,
     ) -> list[list[Completion]]:
         """Every round's completion per conversation. Round k+1 of a conversation is queued as soon as
-        its round k is done, so conversations (and requests) never wait for each other between rounds."""
+        its round k is done, so conversations (and requests) never wait for each other between rounds.
+        ``on_text(i, k, piece)`` streams round k of instance i."""
 
         async def one(i: int, conversation: Conversation) -> list[Completion]:
             outs, key = [], next(self._keys)
             try:
                 for k in range(1, rounds + 1):
+                    stream = None if on_text is None else functools.partial(on_text, i, k)
                     try:
-                        completion = await self.generate(conversation, params, key)
+                        completion = await self.generate(conversation, params, key, stream)
                     except ValueError as err:
                         raise RequestError(f"instances[{i}]: round {k}: {err}") from None
                     outs.append(completion)
@@ -162,10 +187,20 @@ class DynamicBatcher:
         if not ready:
             return outcomes
         keys = [jobs[i].key for i in ready]
+        conversations = [jobs[i].conversation for i in ready]
+        streaming = [jobs[i].on_text for i in ready]
+
+        def on_text(row: int, piece: str) -> None:
+            if streaming[row] is not None:
+                streaming[row](piece)
+
         try:
-            completions = self.backend.generate(
-                [jobs[i].conversation for i in ready], params, session=self.session, keys=keys
-            )
+            if any(streaming):
+                completions = self.backend.generate_stream(
+                    conversations, params, on_text, session=self.session, keys=keys
+                )
+            else:
+                completions = self.backend.generate(conversations, params, session=self.session, keys=keys)
         except Exception as err:  # every job of the failed call gets the error, the server goes on
             for i in ready:
                 outcomes[i] = err

@@ -37,7 +37,11 @@ def parser() -> argparse.ArgumentParser:
     add("--use_lora", action="store_true")
     add("--lora_config_path", help="JSON with peft LoraConfig fields (default r=8, alpha=16, all-linear)")
     add("--save_lora_adapter", action="store_true")
-    add("--loss_weights", help="λ1,λ2,λ3 for NLL, consistency, confidence (default 0.8,0.1,0.1)")
+    add(
+        "--loss_weights",
+        help="λ1,λ2,λ3 for NLL, consistency, confidence (default: the corpus's, from its meta.json; "
+        "0.8,0.1,0.1 when it names none)",
+    )
     add("--beta")
     add("--seed", type=int)
     add("--resume")

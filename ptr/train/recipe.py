@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from ptr.train.config import TrainConfig
+from ptr.train.config import TrainConfig, resolve_loss_weights
 from ptr.train.metrics import log_stderr
 
 TERMS = ("loss", "nll", "consistency", "confidence")
@@ -110,6 +110,9 @@ class Recipe:
         self.dataset = ShardDataset(
             local_data(cfg.data_path, dist), seed=cfg.seed, rank=dist.rank, world_size=dist.world_size
         )
+        weights, source = resolve_loss_weights(cfg.loss_weights, self.dataset.metas, cfg.data_path)
+        self.cfg = cfg = cfg.model_copy(update={"loss_weights": weights})
+        self.say(f"loss weights λ1,λ2,λ3 = {','.join(f'{w:g}' for w in weights)} from {source}")
         self.micro, self.accum = ds_config.batch_sizes(self.ds_raw, dist.world_size, self.ds_source)
         self.model_path = resolve(cfg.model_path)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -323,10 +326,14 @@ class Recipe:
                 return model.add_lora(rebuilt, lora) if lora is not None else rebuilt
 
             trained = export.rebuild(build, gathered) if gathered is not None else self.objective.lm
+            meta = self.dataset.meta
             provenance = {
                 "base_model": cfg.model_path,
                 "data_path": cfg.data_path,
-                "data_meta": self.dataset.meta,
+                "data_meta": meta,
+                # what the model saw in training, for evaluation and serving to default to
+                "refine_prompt": meta.get("refine_prompt", meta.get("layout", {}).get("refine_prompt")),
+                "layout": meta.get("layout"),
                 "steps": self.total_steps,
                 "loss_weights": list(cfg.loss_weights),
                 "beta": cfg.beta,
@@ -336,7 +343,12 @@ class Recipe:
                 "params_sha256": digest,
             }
             export.export(
-                trained, self.tokenizer, final, merge_lora=not cfg.save_lora_adapter, provenance=provenance
+                trained,
+                self.tokenizer,
+                final,
+                merge_lora=not cfg.save_lora_adapter,
+                provenance=provenance,
+                stop_tokens=export.stop_token_ids(self.tokenizer, trained, meta),
             )
             storage.publish(final, f"{cfg.output_path.rstrip('/')}/{cfg.save_name}/final")
             png = plot(self.metrics.records(), self.run_dir / "loss.png")
