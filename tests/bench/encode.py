@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from ptr.encode.encoder import EncodeConfig, encode  # noqa: E402
-from ptr.encode.records import ptr_example  # noqa: E402
+from ptr.encode.records import RefinePrompt, ptr_example  # noqa: E402
 from ptr.models import load_tokenizer  # noqa: E402
 from ptr.prompts import REFINE_PROMPT  # noqa: E402
 from ptr.records import Where  # noqa: E402
@@ -89,7 +89,9 @@ def main() -> int:
     tokenizer = load_tokenizer(TOKENIZER)
     records = make_records(args.examples)
     texts = [
-        tokenizer.apply_chat_template(ptr_example(r, Where("bench"), REFINE_PROMPT).messages, tokenize=False)
+        tokenizer.apply_chat_template(
+            ptr_example(r, Where("bench"), RefinePrompt(REFINE_PROMPT)).messages, tokenize=False
+        )
         for r in records
     ]
     work = Path(tempfile.mkdtemp(prefix="ptr-bench-encode-"))
