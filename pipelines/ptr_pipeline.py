@@ -23,7 +23,8 @@ from components import (
     register_model,
     train_model,
 )
-from ptr.pipeline.config import Cluster, PipelineConfig, Resources
+from ptr.cluster.settings import Cluster, Resources
+from ptr.pipeline.config import PipelineConfig
 
 PIPELINE_NAME = "ptr"
 COMPILED = Path(__file__).resolve().parent / "compiled" / "ptr_pipeline.yaml"

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.ptr_pipeline import build_pipeline, compile_pipeline
 from ptr.errors import PtrError, cli_errors
 from ptr.pipeline.config import PipelineConfig, load_config
+from ptr.tracking import local_store_uri
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "pipelines" / "configs"
@@ -52,8 +54,6 @@ def submit(config: PipelineConfig, host: str, *, client=None, run_name: str | No
     """Compile with the config's cluster settings, submit, return the run's URL."""
     import kfp
 
-    from pipelines.ptr_pipeline import compile_pipeline
-
     if config.run.runtime != "kubernetes":
         raise PtrError(
             "submitting to Kubeflow needs run.runtime: kubernetes (see pipelines/configs/cluster-example.yaml)"
@@ -79,16 +79,12 @@ def submit(config: PipelineConfig, host: str, *, client=None, run_name: str | No
 def local_tracking_uri() -> str:
     """The MLflow store of local runs: the one configured (e.g. ``make stack-up``'s server), else the
     local sqlite store of ptr.tracking, named absolutely so every step's process uses the same one."""
-    from ptr.tracking import local_store_uri
-
     return os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri()
 
 
 def run_local(config: PipelineConfig, *, pipeline_root: Path | None = None) -> dict:
     """Run every step here, one after another; return what the run produced (paths and records)."""
     from kfp import local
-
-    from pipelines.ptr_pipeline import build_pipeline
 
     if config.run.runtime != "local":
         raise PtrError("a local run needs run.runtime: local")
@@ -156,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     default = CLUSTER_CONFIG if (on_cluster or args.compile) else LOCAL_CONFIG
     config = load_config(args.config or default, parse_overrides(args.set))
     if args.compile:
-        from pipelines.ptr_pipeline import compile_pipeline
-
         print(compile_pipeline(config, args.compile))
         return 0
     if on_cluster:

@@ -1,12 +1,12 @@
 """The data stages with s3:// inputs and outputs, against a real S3 store (SeaweedFS, started and
-stopped by pid through ptr.tracking.stack)."""
+stopped by pid through ptr.devstack)."""
 
 from __future__ import annotations
 
 import json
 
 from ptr import storage
-from ptr.data.models import ModelPool, parse_spec
+from ptr.data.model_pool import ModelPool, parse_spec
 from ptr.data.queries import QueriesConfig, run_queries
 from ptr.data.thoughts import ThoughtsConfig, run_thoughts
 from tests.support.torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)

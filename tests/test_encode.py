@@ -458,6 +458,7 @@ def test_dtype_overflow_exits_2_before_writing(tmp_path, capsys):
 # -- inputs ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # a process of its own (or an MLflow store): not in make test-fast
 def test_thoughts_jsonl_end_to_end_with_python_m(tmp_path, tiny_tok):
     """The issue's "done when": thoughts.jsonl → `python -m ptr.encode` → ShardDataset."""
     records = [thought_record(i, kept=i % 5 != 0) for i in range(20)]
@@ -634,6 +635,7 @@ def load(path):
 """
 
 
+@pytest.mark.integration  # a process of its own (or an MLflow store): not in make test-fast
 def test_killed_encoder_leaves_no_partial_output(tmp_path):
     loader = tmp_path / "slow_loader.py"
     loader.write_text(KILLABLE_LOADER)
@@ -681,6 +683,7 @@ def test_batches_threads_and_worker_processes_write_the_same_shards(tmp_path, mo
         )
 
 
+@pytest.mark.integration  # a process of its own (or an MLflow store): not in make test-fast
 def test_tracked_run_records_config_counts_and_data(tmp_path, monkeypatch):
     """With tracking on (the local sqlite store), the stage's run has its config, counts, meta and
     summary, and its input and output as datasets."""

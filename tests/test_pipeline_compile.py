@@ -71,6 +71,7 @@ def test_components_are_thin_and_install_nothing(tmp_path):
         assert "from ptr.pipeline import steps" in program
         body = program.split("def ", 1)[1]
         assert body.count("steps.") == 1, body  # one step call per component
+        assert body.count("import ") == 1, body  # and nothing else of ptr: the step validates its input
 
 
 def test_cluster_settings_reach_every_task(tmp_path):

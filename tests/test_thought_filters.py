@@ -13,7 +13,7 @@ import json
 import pytest
 
 from ptr.data.filters import FilterConfig, similarity, text_reason
-from ptr.data.models import ModelPool, parse_spec
+from ptr.data.model_pool import ModelPool, parse_spec
 from ptr.data.thoughts import ThoughtsConfig, run_thoughts
 from ptr.inference import Backend, Completion
 from ptr.prompts import FINAL_ANSWER_INSTRUCTION

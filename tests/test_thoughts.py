@@ -7,7 +7,7 @@ import pytest
 
 from ptr.data.cleaning import clean_generated, family_of, stops_for
 from ptr.data.filters import FilterConfig, judged_improvement, parse_verdict, text_reason, thought_reason
-from ptr.data.models import ModelPool, parse_spec
+from ptr.data.model_pool import ModelPool, parse_spec
 from ptr.data.thoughts import ThoughtsConfig, final_answer_conversation, run_thoughts
 from ptr.prompts import REFINE_PROMPT
 from tests.conftest import run_ptr

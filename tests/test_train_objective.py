@@ -168,7 +168,7 @@ def test_collate_pads_with_a_block_of_its_own():
 
 
 def test_flash_attention_gets_document_boundaries_over_the_flattened_batch():
-    from ptr.train.attention import packed_attention_inputs
+    from ptr.train.packed_attention import packed_attention_inputs
 
     batch = _packed_batch()  # rows: docs of 7 and 4 tokens; a doc of 10 tokens and 1 padding token
     mask, extra = packed_attention_inputs("flash_attention_2", batch["doc_ids"], torch.bfloat16)
@@ -184,13 +184,13 @@ def test_flash_attention_gets_document_boundaries_over_the_flattened_batch():
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_path):
     from ptr.models import load_tokenizer
-    from ptr.train.model import load_causal_lm
+    from ptr.train.packed_model import load_causal_lm
 
     return load_causal_lm(tiny_path, "sdpa").eval(), load_tokenizer(tiny_path)
 
 
 def _packed_logits(lm, attn, input_ids, position_ids, doc_ids):
-    from ptr.train.attention import VARLEN_SDPA, cu_seqlens, register
+    from ptr.train.packed_attention import VARLEN_SDPA, cu_seqlens, register
 
     register()
     lm.config._attn_implementation = attn
@@ -234,8 +234,8 @@ def test_varlen_attention_equals_the_block_mask_on_a_padded_batch(tiny_lm):
 
 @pytest.mark.parametrize("attn", ["ptr_varlen_sdpa", "sdpa"])
 def test_objective_of_a_document_is_the_same_alone_and_packed(tiny_lm, attn):
-    from ptr.train.attention import register
-    from ptr.train.model import PackedObjective
+    from ptr.train.packed_attention import register
+    from ptr.train.packed_model import PackedObjective
 
     lm, _ = tiny_lm
     register()
@@ -400,7 +400,7 @@ def test_cli_rejects_a_bad_config_before_training(tmp_path, monkeypatch, capsys)
 
 
 def test_lora_config_unknown_key(tmp_path):
-    from ptr.train.model import lora_config
+    from ptr.train.packed_model import lora_config
 
     path = tmp_path / "lora.json"
     path.write_text(json.dumps({"r": 4, "alpha": 8}))

@@ -20,7 +20,7 @@ from typing import Protocol
 from ptr import embeddings
 from ptr.data import filters
 from ptr.data.cleaning import clean_generated, stops_for
-from ptr.data.models import ModelPool, ModelSpec, parse_spec
+from ptr.data.model_pool import ModelPool, ModelSpec, parse_spec
 from ptr.data.thoughts_config import ThoughtsConfig
 from ptr.inference import SamplingParams, continue_conversation
 

@@ -21,17 +21,21 @@ import sys
 import time
 from collections import Counter
 
+from tqdm import tqdm
+
 from ptr import storage
 from ptr.data import filters, imported, outputs
 from ptr.data.chains import ChainRun, Scorer, final_answer_conversation, process_batch
 from ptr.data.config import build, default
 from ptr.data.filters import FilterConfig
-from ptr.data.models import ModelPool
+from ptr.data.model_pool import ModelPool
 from ptr.data.queries import query_id
 from ptr.data.thoughts_config import ThoughtsConfig
 from ptr.errors import InputError, PtrError, cli_errors
-from ptr.jsonl import append_jsonl, repair_jsonl, write_json, write_jsonl
+from ptr.files import write_json
+from ptr.jsonl import append_jsonl, repair_jsonl, write_jsonl
 from ptr.records import iter_jsonl
+from ptr.tracking import stage_run
 
 __all__ = ["ThoughtsConfig", "final_answer_conversation", "main", "run_thoughts", "summarize"]
 
@@ -103,8 +107,6 @@ def run_thoughts(
 ) -> dict:
     """Build (or finish) the thoughts file, or import one (``thoughts_input``); returns the summary
     written beside it. ``pool`` and ``scorer`` replace the run's models and its similarity measure."""
-    from ptr.tracking import stage_run
-
     if config.imports:
         records = imported.load(config)  # all input checked before any output
         staged = outputs.staging_path(config.output_path)
@@ -159,8 +161,6 @@ def run_thoughts(
 
 def _generate(run: ChainRun, todo: list[dict], staged) -> int:
     """Chains for ``todo``, appended batch by batch (published now and then); returns how many were kept."""
-    from tqdm import tqdm
-
     config, kept = run.config, 0
     last_publish = time.monotonic()
     with tqdm(
@@ -243,6 +243,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--strong_top_k", type=int, default=default(T, "strong_top_k"))
     g.add_argument("--seed", type=int, default=default(T, "seed"))
     g.add_argument("--refine_prompt", default=default(T, "refine_prompt"))
+    g.add_argument(
+        "--final_instruction",
+        default=default(T, "final_instruction"),
+        help="what the strong model is asked to do with the attempts",
+    )
     f = p.add_argument_group("filters")
     f.add_argument(
         "--allow_truncated",
@@ -267,6 +272,12 @@ def parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--embedding_model", default=default(T, "embedding_model"))
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--publish_every_s",
+        type=float,
+        default=default(T, "publish_every_s"),
+        help="s3:// outputs: publish partial progress this often",
+    )
     return p
 
 

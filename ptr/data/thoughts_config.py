@@ -11,8 +11,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ptr import embeddings
+from ptr.argv import config_argv
 from ptr.data.filters import FilterConfig
-from ptr.data.models import BackendName
+from ptr.data.model_pool import BackendName
 from ptr.prompts import FINAL_ANSWER_INSTRUCTION, REFINE_PROMPT
 
 GENERATION_ONLY = ("queries", "weak_models", "strong_model", "judge_model")
@@ -24,7 +25,9 @@ class ThoughtsConfig(BaseModel):
     output_path: str  # thoughts JSONL, local or s3://
     # Generate: JSONL of {id, query} (the queries stage's output), local or s3://
     queries: str | None = None
-    weak_models: list[str] | None = Field(None, min_length=1)  # weakest first; specs as in ptr.data.models
+    weak_models: list[str] | None = Field(
+        None, min_length=1
+    )  # weakest first; specs as in ptr.data.model_pool
     strong_model: str | None = None
     judge_model: str | None = None  # None: the heuristic improvement score
     # Import instead: a thoughts JSONL, the paper's [{question, output1, …, outputN}], s3:// or hf:name
@@ -72,3 +75,9 @@ class ThoughtsConfig(BaseModel):
     @property
     def imports(self) -> bool:
         return self.thoughts_input is not None
+
+    def to_argv(self) -> list[str]:
+        """``ptr thoughts`` flags that give back this config (filter settings flat, as the command
+        takes them)."""
+        argv = config_argv(self.model_copy(update={"filters": FilterConfig(), "progress": True}))
+        return argv + config_argv(self.filters) + ([] if self.progress else ["--no_progress"])

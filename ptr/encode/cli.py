@@ -60,10 +60,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(args) -> EncodeConfig:
+    return config(**vars(args))
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = config(**vars(parser().parse_args(argv)))
+    cfg = config_from_args(parser().parse_args(argv))
     summary = encode(cfg, argv=argv)
     print(json.dumps(summary))
     return 0

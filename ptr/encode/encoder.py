@@ -21,8 +21,10 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from tqdm import tqdm
 
 from ptr import storage
+from ptr.argv import config_argv
 from ptr.chat import end_of_turn_tokens
 from ptr.encode import stream
 from ptr.encode.layout import ChatLayout, tokenizer_hash, vocab_size
@@ -31,14 +33,13 @@ from ptr.encode.packing import BestFitPacker
 from ptr.encode.records import Drop, Example, RefinePrompt, iter_loader, to_example
 from ptr.encode.shards import ANSWER, IGNORE, MAX_THOUGHTS, ShardWriter
 from ptr.encode.staging import Staging
-from ptr.errors import InputError, PtrError
+from ptr.errors import InputError, PtrError, invalid
 from ptr.models import load_tokenizer, resolve
+from ptr.objective import LOSS_WEIGHTS_BY_ENCODING
 from ptr.records import Where, read_records
 from ptr.tracking import stage_run
 
 FORMAT_VERSION = 1
-# λ1 (answer NLL), λ2 (consistency), λ3 (confidence): DESIGN.md's defaults; the trainer may override.
-DEFAULT_LOSS_WEIGHTS = {"ptr": [0.8, 0.1, 0.1], "qa": [1.0, 0.0, 0.0], "pretrain": [1.0, 0.0, 0.0]}
 
 
 class EncodeConfig(BaseModel):
@@ -59,6 +60,10 @@ class EncodeConfig(BaseModel):
     overflow: Overflow = "drop"
     refine_prompt: str | None = None  # None: the records' own (ptr thoughts writes it), else the paper's
     num_proc: int | None = Field(None, ge=1)  # None: one per core where there are 4 or more
+
+    def to_argv(self) -> list[str]:
+        """``ptr encode`` flags that give back this config."""
+        return config_argv(self)
 
     @field_validator("corpus_name")
     @classmethod
@@ -92,9 +97,7 @@ def config(**values) -> EncodeConfig:
     try:
         return EncodeConfig(**values)
     except ValidationError as err:
-        first = err.errors()[0]
-        where, message = ".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, ")
-        raise PtrError(f"--{where}: {message}" if where else message) from None
+        raise invalid(err, flags=True) from None
 
 
 # -- dtype ----------------------------------------------------------------------------------------
@@ -228,8 +231,6 @@ def write_corpus(
     directory: Path, examples: Iterable[Example], setup: TokenizerSetup, cfg: EncodeConfig, tally: Tally
 ) -> list[str]:
     """Stream the examples through the layout and the tokenizer into shards; returns the shard names."""
-    from tqdm import tqdm  # the progress bar only where there is work to show
-
     writer = CorpusWriter(directory, cfg, setup, tally)
     num_proc = cfg.num_proc or stream.default_num_proc()
     with tqdm(desc=f"encode {cfg.corpus_name}", unit="ex", file=sys.stderr, mininterval=2) as bar:
@@ -349,7 +350,7 @@ def make_meta(cfg, setup: TokenizerSetup, tally: Tally, summary: dict, argv, ref
             "end_of_turn_tokens": setup.layout.end_of_turn if chat else [],
             "segment_codes": {"ignore": IGNORE, "answer": ANSWER, "thought": [1, MAX_THOUGHTS]},
         },
-        "loss_weights": DEFAULT_LOSS_WEIGHTS[cfg.encode_type],
+        "loss_weights": list(LOSS_WEIGHTS_BY_ENCODING[cfg.encode_type]),
         "counts": {
             "records": tally.read,
             "examples": tally.examples,

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from ptr import storage
-from ptr.jsonl import write_json
+from ptr.files import write_json
 from ptr.procs import pid_alive
 
 

@@ -16,7 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ptr.errors import InputError, PtrError
+from ptr.errors import InputError, PtrError, field_path, problems
+from ptr.evaluate.task_registry import canonical_name, task_names
 from ptr.inference import BACKENDS
 
 MODEL_TYPES = BACKENDS
@@ -87,8 +88,6 @@ def default_model_name(model_path: str) -> str:
 
 def load_task_configs(path) -> dict[str, TaskConfig]:
     """Read ``config.json``; errors name the file and the task/field."""
-    from ptr.evaluate.registry import canonical_name, task_names
-
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "no such file")
@@ -118,9 +117,8 @@ def load_task_configs(path) -> dict[str, TaskConfig]:
         try:
             out[name] = TaskConfig.model_validate(value)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in (name, *first["loc"]))
-            raise InputError(path, None, first["msg"], field=where) from None
+            loc, reason = problems(err)[0]
+            raise InputError(path, None, reason, field=field_path((name, *loc))) from None
     return out
 
 

@@ -10,8 +10,10 @@ import argparse
 
 from pydantic import ValidationError
 
-from ptr.errors import PtrError, cli_errors
+from ptr.errors import cli_errors, invalid
+from ptr.train import dist
 from ptr.train.config import TrainConfig
+from ptr.train.recipe import train
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,9 +61,7 @@ def config_from_args(argv: list[str]) -> tuple[TrainConfig, int | None]:
     try:
         return TrainConfig(**args), local_rank
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(x) for x in first["loc"][:1])
-        raise PtrError(f"--{field}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise invalid(err, flags=True) from None
 
 
 @cli_errors
@@ -69,10 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     config, local_rank = config_from_args(list(sys.argv[1:] if argv is None else argv))
-    from ptr.train import dist
-
     dist.prepare_environment(local_rank)
-    from ptr.train import train
-
     train(config)
     return 0

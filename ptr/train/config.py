@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
+from ptr.argv import config_argv
 from ptr.errors import PtrError
+from ptr.objective import DEFAULT_LOSS_WEIGHTS
 
 BETA_SCHEDULES = {"uniform": 0.0, "linear": 1.0, "quadratic": 2.0}
 
@@ -64,6 +66,10 @@ class TrainConfig(BaseModel):
         beta_power(value)
         return value
 
+    def to_argv(self) -> list[str]:
+        """``ptr train`` flags that give back this config (for torchrun and PyTorchJob replicas)."""
+        return config_argv(self, joined=("loss_weights",))
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_path) / self.save_name
@@ -71,9 +77,6 @@ class TrainConfig(BaseModel):
     @property
     def beta_power(self) -> float:
         return beta_power(self.beta)
-
-
-DEFAULT_LOSS_WEIGHTS = (0.8, 0.1, 0.1)  # the paper's λ1, λ2, λ3
 
 
 def check_weights(value) -> tuple[float, float, float]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ptr.jsonl import write_json
+from ptr.files import write_json
 from ptr.models.provenance import PROVENANCE_FILE
-from ptr.train.model import is_peft
+from ptr.train.packed_model import is_peft
 
 
 def rebuild(build, state_dict: dict):
