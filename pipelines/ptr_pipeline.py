@@ -23,7 +23,8 @@ from components import (
     register_model,
     train_model,
 )
-from ptr.pipeline.config import Cluster, PipelineConfig, Resources
+from ptr.cluster.settings import Cluster, Resources
+from ptr.pipeline.config import PipelineConfig
 
 PIPELINE_NAME = "ptr"
 COMPILED = Path(__file__).resolve().parent / "compiled" / "ptr_pipeline.yaml"
@@ -83,9 +84,9 @@ def build_pipeline(config: PipelineConfig):
             model=model.outputs["model"],
             registration=registered.outputs["registration"],
         ).set_display_name("deploy")
-        base = evaluate_base(run=run, evaluate=evaluate, train=train, run_id=run_id).set_display_name(
-            "evaluate-base"
-        )
+        base = evaluate_base(
+            run=run, evaluate=evaluate, train=train, promote=promote, run_id=run_id
+        ).set_display_name("evaluate-base")
         scored = evaluate_candidate(
             run=run,
             evaluate=evaluate,

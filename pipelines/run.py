@@ -24,8 +24,11 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.ptr_pipeline import build_pipeline, compile_pipeline
+from ptr.cluster import kfp_client
 from ptr.errors import PtrError, cli_errors
 from ptr.pipeline.config import PipelineConfig, load_config
+from ptr.tracking import local_store_uri
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "pipelines" / "configs"
@@ -48,18 +51,18 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 # ------------------------------------------------------------------------------------- cluster
 
 
-def submit(config: PipelineConfig, host: str, *, client=None, run_name: str | None = None) -> str:
-    """Compile with the config's cluster settings, submit, return the run's URL."""
-    import kfp
-
-    from pipelines.ptr_pipeline import compile_pipeline
-
+def submit(
+    config: PipelineConfig, host: str, *, client=None, run_name: str | None = None, env: dict | None = None
+) -> str:
+    """Compile with the config's cluster settings, submit (to the profile namespace in multi-user KFP,
+    with the credentials of the environment: ptr.cluster.kfp_client), return the run's URL."""
     if config.run.runtime != "kubernetes":
         raise PtrError(
             "submitting to Kubeflow needs run.runtime: kubernetes (see pipelines/configs/cluster-example.yaml)"
         )
     cluster = config.run.kube
-    client = client or kfp.Client(host=host, namespace=os.environ.get("KFP_NAMESPACE") or None)
+    namespace = kfp_client.run_namespace(cluster.kfp_mode, cluster.namespace, env)
+    client = client or kfp_client.connect(host, mode=cluster.kfp_mode, namespace=cluster.namespace, env=env)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(config, Path(tmp) / "ptr_pipeline.yaml")
         result = client.create_run_from_pipeline_package(
@@ -67,10 +70,12 @@ def submit(config: PipelineConfig, host: str, *, client=None, run_name: str | No
             arguments=config.arguments(),
             run_name=run_name or f"ptr-{time.strftime('%Y%m%d-%H%M%S')}",
             experiment_name=config.run.experiment,
-            namespace=os.environ.get("KFP_NAMESPACE") or None,
+            namespace=namespace,
             service_account=cluster.service_account,
         )
-    return f"{host.rstrip('/')}/#/runs/details/{result.run_id}"
+    return kfp_client.run_url(
+        host, result.run_id, mode=cluster.kfp_mode, namespace=cluster.namespace, env=env
+    )
 
 
 # --------------------------------------------------------------------------------------- local
@@ -79,16 +84,12 @@ def submit(config: PipelineConfig, host: str, *, client=None, run_name: str | No
 def local_tracking_uri() -> str:
     """The MLflow store of local runs: the one configured (e.g. ``make stack-up``'s server), else the
     local sqlite store of ptr.tracking, named absolutely so every step's process uses the same one."""
-    from ptr.tracking import local_store_uri
-
     return os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri()
 
 
 def run_local(config: PipelineConfig, *, pipeline_root: Path | None = None) -> dict:
     """Run every step here, one after another; return what the run produced (paths and records)."""
     from kfp import local
-
-    from pipelines.ptr_pipeline import build_pipeline
 
     if config.run.runtime != "local":
         raise PtrError("a local run needs run.runtime: local")
@@ -156,8 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     default = CLUSTER_CONFIG if (on_cluster or args.compile) else LOCAL_CONFIG
     config = load_config(args.config or default, parse_overrides(args.set))
     if args.compile:
-        from pipelines.ptr_pipeline import compile_pipeline
-
         print(compile_pipeline(config, args.compile))
         return 0
     if on_cluster:

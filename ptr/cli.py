@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ptr import __version__
+
 # name -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "refine": ("ptr.inference.cli:main", "answer, then refine for R rounds (one question or a JSONL batch)"),
@@ -21,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("ptr.serve.cli:main", "serve the refining model with KServe"),
     "register": ("ptr.tracking.cli:register_main", "log a model to MLflow and register a version"),
     "promote": ("ptr.tracking.cli:promote_main", "promote a candidate to champion when its metrics win"),
+    "cluster": ("ptr.cluster.check:cluster_main", "check a cluster against a pipeline config before a run"),
 }
 
 
@@ -38,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from ptr import __version__
-
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]

@@ -51,3 +51,44 @@ def cli_errors(func):
             return err.exit_code
 
     return wrapper
+
+
+# pydantic's wording for the two problems a config file has most, in ours
+_WORDING = {"extra_forbidden": "unknown key", "missing": "required"}
+
+
+def problems(err) -> list[tuple[tuple, str]]:
+    """A pydantic ``ValidationError``'s problems as ``(location, reason)``, in the project's wording
+    (no "Value error, " prefix; "unknown key", "required")."""
+    return [
+        (tuple(p["loc"]), _WORDING.get(p["type"], p["msg"].removeprefix("Value error, ")))
+        for p in err.errors(include_url=False)
+    ]
+
+
+def field_path(loc: tuple, *, flag: bool = False) -> str:
+    """``("filters", "min_chars")`` → ``filters.min_chars``; list positions as ``[0]``; with ``flag``
+    the first part is written as the command-line flag (``--max_steps``)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else (f"--{part}" if flag else str(part))
+    return out
+
+
+def describe(err, where: str = "", *, flags: bool = False, whole: str = "") -> str:
+    """The one-line message of a ``ValidationError``: ``where: field: reason``, each further problem
+    after ``;``. ``flags``: fields are named as command-line flags; ``whole`` names a problem with
+    the object as a whole (a model validator's)."""
+    lines = []
+    for loc, reason in problems(err):
+        field = field_path(loc, flag=flags) or whole
+        lines.append(f"{field}: {reason}" if field else reason)
+    return f"{where}: " * bool(where) + "; ".join(lines)
+
+
+def invalid(err, where: str = "", *, flags: bool = False) -> PtrError:
+    """A ``ValidationError`` as the PtrError a user sees (exit status 2)."""
+    return PtrError(describe(err, where, flags=flags))

@@ -1,35 +1,19 @@
-"""Atomic file writes shared by every stage: a file is published only once it is complete.
+"""JSONL outputs shared by every stage: written whole (through :mod:`ptr.files`), or appended as
+whole lines that a crash cannot interleave, with a torn last line repaired on resume.
 
-Reading records is :mod:`ptr.records`' job (one reader for every stage).
+Reading records is :mod:`ptr.records`' job (one reader for every stage); a single JSON file is
+written by :func:`ptr.files.write_json`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from ptr.errors import InputError
-
-
-@contextlib.contextmanager
-def atomic_path(path, suffix: str = ""):
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the published file is an ordinary output
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+from ptr.files import atomic_path
 
 
 def write_jsonl(path, records: Iterable[dict]) -> int:
@@ -40,12 +24,6 @@ def write_jsonl(path, records: Iterable[dict]) -> int:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             n += 1
     return n
-
-
-def write_json(path, obj) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-        f.write("\n")
 
 
 def append_jsonl(path, records: list[dict]) -> None:

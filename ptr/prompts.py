@@ -3,7 +3,9 @@
 Training data and evaluation must use the same refine turn, so it lives in one place.
 """
 
-# The paper's evaluation refine prompt.
+# The paper's refine prompt: cydu24/Progressive-Thought-Refinement (commit 84182f1),
+# PTR_evaluation/get_multiround_prompt.py, which ends it with "\n" (dropped here: chat turns are
+# stripped). Imported paper thought data that names no prompt is laid out with this one.
 REFINE_PROMPT = "Please further think about and give me a more precise and professional answer."
 
 # The strong model's in-context refinement instruction (thought construction, final answer).

@@ -22,8 +22,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
+from ptr.cache import cache_root
 from ptr.errors import PtrError
-from ptr.models.cache import cache_root
 
 PVC_ROOT = os.environ.get("PTR_PVC_ROOT", "/mnt/pvc")
 STAGING_PREFIX = ".ptr-staging"
@@ -38,6 +40,10 @@ _CREDENTIAL_CODES = {
     "InvalidClientTokenId",
     "403",
 }
+
+
+class NotFound(PtrError):
+    """The bucket holds no object (or prefix) at the URI: a caller may treat that as "nothing yet"."""
 
 
 def is_remote(uri) -> bool:
@@ -113,7 +119,7 @@ def explain(err: BaseException, uri: str, action: str) -> PtrError | None:
         if code in ("NoSuchBucket", "404") and "bucket" in message.lower():
             return PtrError(f"cannot {action} {uri}: no such bucket at {_where()}")
         if code in ("NoSuchKey", "404"):
-            return PtrError(f"cannot {action} {uri}: no such object")
+            return NotFound(f"cannot {action} {uri}: no such object")
         return PtrError(f"cannot {action} {uri}: S3 error {code}: {message}")
     if isinstance(err, S3UploadFailedError | S3TransferFailedError):
         return PtrError(f"cannot {action} {uri}: {err}")
@@ -188,7 +194,7 @@ def fetch(uri, dest: Path | str | None = None) -> Path:
         prefix = key.rstrip("/") + "/" if key else ""
         keys = [o["Key"] for o in _list(s3, bucket, prefix) if not o["Key"].endswith("/")]
         if not keys:
-            raise PtrError(f"{uri}: no such object or prefix")
+            raise NotFound(f"{uri}: no such object or prefix")
         if dest:
             dest = Path(dest)
             for k in keys:
@@ -266,8 +272,6 @@ def publish(local, uri, *, progress: Callable[[int], None] | None = None) -> Non
 @contextlib.contextmanager
 def _progress_bar(total: int, uri: str, progress: Callable[[int], None] | None):
     """A byte counter on stderr (shown on terminals only) that also forwards to ``progress``."""
-    from tqdm import tqdm
-
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {uri}", disable=None) as bar:
 
         def sent(n: int) -> None:

@@ -20,6 +20,39 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# The quick tier (`make test-fast`: -m "not integration and not smollm") leaves out these files, every
+# test that uses the S3 store, and tests marked integration: they start servers or long-running
+# processes (torchrun, kubectl, the HumanEval sandbox, killed encoders), train, or keep MLflow stores.
+# What remains loads no model beyond tiny-random and runs in about a minute.
+INTEGRATION = frozenset(
+    {
+        "test_data_s3.py",
+        "test_encode_s3.py",
+        "test_eval_e2e.py",
+        "test_eval_sandbox.py",
+        "test_manifests.py",
+        "test_models.py",
+        "test_openai_backend.py",
+        "test_pipeline_launch.py",
+        "test_pipeline_local.py",
+        "test_refine_cli.py",
+        "test_seaweedfs_manifest.py",
+        "test_serve.py",
+        "test_serve_vllm.py",
+        "test_storage_s3.py",
+        "test_tracking_local.py",
+        "test_tracking_stack.py",
+        "test_train.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in INTEGRATION or {"s3_stack", "s3_store"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
+
 def run_ptr(*args, check: bool = False, env: dict | None = None, cwd=None, timeout: float = 600):
     """Run ``python -m ptr <args>`` from the repository; returns the CompletedProcess."""
     proc = subprocess.run(
@@ -71,7 +104,7 @@ def data_dir() -> Path:
 def s3_stack(tmp_path_factory):
     """One real S3 store (SeaweedFS on 127.0.0.1) for the whole session, started on first use and
     stopped by pid at the end; ``s3_store`` puts its endpoint and credentials into a test's environment."""
-    from ptr.tracking.stack import Stack
+    from ptr.devstack import Stack
 
     stack = Stack(tmp_path_factory.mktemp("s3-stack"))
     env = stack.up(services=("weed",))

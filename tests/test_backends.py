@@ -216,7 +216,7 @@ def test_eval_and_serve_ask_with_the_trained_refine_prompt(trained_dir, tmp_path
     evaluate(config.model_copy(update={"format_type": "default", "save_name": "plain"}), backend=backend)
     assert "never saw" in capsys.readouterr().err
 
-    from ptr.serve.model import RefiningModel
+    from ptr.serve.kserve_model import RefiningModel
 
     served = RefiningModel("ptr", trained_dir, dtype="float32")
     assert served.load() and served.refine_prompt == TRAINED_PROMPT

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 from kubernetes.client import Configuration
 
-from ptr.cluster import job_entry, pytorchjob
+from ptr.cluster import job_entry, pytorchjob, training
+from ptr.cluster.settings import Cluster, Resources, Storage
 from ptr.errors import PtrError
-from ptr.pipeline import steps
-from ptr.pipeline.config import Cluster, Resources, Run, Storage, Train, load_config
+from ptr.pipeline.config import Run, Train, load_config
 from tests.support.k8s import REPO, FakeKube, api_error, validate_custom
 
 RUN_ID = "0b7c2d9e-1f3a-4c5b-8d6e-9a0b1c2d3e4f"
@@ -41,8 +41,13 @@ def _config(storage: Storage | None = None, gpus: int = 2):
 
 
 def _job(run, train, with_ds=True):
-    plan = steps.cluster_training_plan(run, train, RUN_ID, with_ds_config=with_ds)
-    return plan, steps.training_job(run, train, RUN_ID, plan)
+    """The plan and job the train step builds (its TrainConfig's paths are replaced by the plan's)."""
+    config = train.train_config("local-shards", "local-output", seed=run.seed)
+    plan = training.plan(run.kube, config, RUN_ID, with_ds_config=with_ds)
+    job = training.training_job(
+        run.kube, plan, RUN_ID, nodes=train.num_nodes, nproc_per_node=train.nproc_per_node, experiment="exp-a"
+    )
+    return plan, job
 
 
 def test_two_node_job_matches_the_crd_and_carries_the_run_id():
@@ -64,9 +69,15 @@ def test_two_node_job_matches_the_crd_and_carries_the_run_id():
         assert {"mountPath": "/mnt/ptr", "name": "work"} in container["volumeMounts"]
         assert {"name": "work", "persistentVolumeClaim": {"claimName": "ptr-work"}} in pod["spec"]["volumes"]
         assert pod["spec"]["nodeSelector"] == {"pool": "gpu"}
-        assert pod["spec"]["serviceAccountName"] == "ptr-pipeline"
+        # item 2: training code runs as the workload account, with no API token
+        assert pod["spec"]["serviceAccountName"] == "ptr-workload"
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert pod["spec"]["securityContext"] == {"fsGroup": 1000, "runAsGroup": 1000, "runAsUser": 1000}
         env = {e["name"]: e for e in container["env"]}
         assert env["PTR_RUN_ID"]["value"] == RUN_ID
+        # item 12: the run's MLflow experiment (not the tracking module's default) and the S3 endpoint
+        assert env["PTR_EXPERIMENT"]["value"] == "exp-a"
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://ptr-s3:8333"
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "ptr-s3-credentials"
         command = container["command"]
         assert command[:3] == ["python", "-m", "ptr.cluster.job_entry"]
@@ -75,8 +86,9 @@ def test_two_node_job_matches_the_crd_and_carries_the_run_id():
         assert train_flags[train_flags.index("--data_path") + 1] == f"{root}/shards"
         assert train_flags[train_flags.index("--deepspeed_config_path") + 1] == f"{root}/deepspeed.json"
         assert train_flags[train_flags.index("--max_steps") + 1] == "50"
-        assert train_flags[train_flags.index("--loss_weights") + 1] == "0.8,0.1,0.1"
-    assert plan["model"] == f"{root}/output/ptr/final"
+        assert train_flags[train_flags.index("--seed") + 1] == "7"
+        assert "--loss_weights" not in train_flags  # the default: the trainer applies the same one
+    assert plan.model == f"{root}/output/ptr/final"
 
 
 def test_s3_storage_stages_inputs_in_and_the_model_out():
@@ -94,7 +106,7 @@ def test_s3_storage_stages_inputs_in_and_the_model_out():
         and f"{root}/deepspeed.json=/tmp/ptr-work/deepspeed.json" in own
     )
     assert own[own.index("--publish") + 1] == f"/tmp/ptr-work/output/ptr/final={root}/model"
-    assert plan["model"] == f"{root}/model"
+    assert plan.model == f"{root}/model"
 
 
 def test_cpu_job_single_node_has_no_worker_and_no_gpu():
@@ -201,6 +213,9 @@ def test_replicas_restart_only_on_retryable_exits_and_finished_jobs_expire():
     validate_custom(obj)
     for spec in obj["spec"]["pytorchReplicaSpecs"].values():
         assert spec["restartPolicy"] == "ExitCode"
+        command = spec["template"]["spec"]["containers"][0]["command"]
+        train_flags = command[command.index("--") + 1 :]
+        assert train_flags[train_flags.index("--resume") + 1] == "auto"
     policy = obj["spec"]["runPolicy"]
     assert policy["ttlSecondsAfterFinished"] > 0 and policy["backoffLimit"] >= 1
     assert policy["activeDeadlineSeconds"] == run.kube.job_timeout_s

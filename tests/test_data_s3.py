@@ -1,12 +1,12 @@
 """The data stages with s3:// inputs and outputs, against a real S3 store (SeaweedFS, started and
-stopped by pid through ptr.tracking.stack)."""
+stopped by pid through ptr.devstack)."""
 
 from __future__ import annotations
 
 import json
 
 from ptr import storage
-from ptr.data.models import ModelPool, parse_spec
+from ptr.data.model_pool import ModelPool, parse_spec
 from ptr.data.queries import QueriesConfig, run_queries
 from ptr.data.thoughts import ThoughtsConfig, run_thoughts
 from tests.support.torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
@@ -53,3 +53,20 @@ def test_queries_and_thoughts_through_s3_with_resume_on_a_fresh_machine(
         r["id"] for r in _remote_lines("s3://ptr/data/q.jsonl", tmp_path)
     ]
     assert json.loads(storage.fetch("s3://ptr/data/t.summary.json").read_text())["records"] == 5
+
+
+def test_thought_data_imports_from_s3_to_s3(s3_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("PTR_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "paper.json"
+    src.write_text(
+        json.dumps([{"question": f"Q{i}?", "output1": "draft", "output2": f"answer {i}"} for i in range(3)])
+    )
+    storage.publish(src, "s3://ptr/data/paper.json")
+    cfg = ThoughtsConfig(
+        thoughts_input="s3://ptr/data/paper.json", output_path="s3://ptr/data/imported.jsonl"
+    )
+    summary = run_thoughts(cfg)
+    assert summary["kept"] == 3 and summary["run"]["source"] == "s3://ptr/data/paper.json"
+    rows = _remote_lines("s3://ptr/data/imported.jsonl", tmp_path)
+    assert [r["answer"]["text"] for r in rows] == ["answer 0", "answer 1", "answer 2"]
+    assert json.loads(storage.fetch("s3://ptr/data/imported.summary.json").read_text())["records"] == 3

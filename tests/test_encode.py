@@ -81,6 +81,12 @@ def tiny_tok():
     return load_tokenizer("tiny-random")
 
 
+def to_examples(records):
+    from ptr.encode.records import RefinePrompt, to_example
+
+    return [to_example(r, Where("x", i), "ptr", RefinePrompt()) for i, r in enumerate(records, 1)]
+
+
 def run_encode(tmp_path, records=None, name="ptr", **options) -> tuple[dict, ShardDataset]:
     if records is not None:
         options["input"] = str(write_jsonl(tmp_path / f"{name}.jsonl", records))
@@ -291,6 +297,138 @@ def test_too_long_examples_are_dropped_or_truncated_and_counted(tmp_path):
     assert max(len(ds[i]["input_ids"]) for i in range(len(ds))) == 200
 
 
+def _long_thoughts_record(i: int, first: int, second: int, answer: str = "The answer is four.") -> dict:
+    return {
+        **thought_record(i),
+        "thoughts": [
+            {"round": 1, "model": "weak", "text": " ".join(f"w{k}" for k in range(first))},
+            {"round": 2, "model": "weak", "text": " ".join(f"v{k}" for k in range(second))},
+        ],
+        "answer": {"model": "strong", "text": answer},
+    }
+
+
+def test_shorten_thoughts_cuts_the_longest_thought_keeps_the_answer_whole(tmp_path, tiny_tok):
+    record = _long_thoughts_record(1, first=120, second=10)
+    full, ds = run_encode(tmp_path, [record], name="full", max_length=4096)
+    [(ids, codes)] = documents(ds)
+    n = len(ids)
+    eot = tiny_tok.convert_tokens_to_ids("<|im_end|>")
+    # At exactly max_length nothing changes; one token less and thought 1 (the longest) gives one up.
+    summary, ds = run_encode(tmp_path, [record], name="fits", max_length=n, overflow="shorten_thoughts")
+    assert summary["thoughts_shortened"] == 0 and documents(ds) == [(ids, codes)]
+    for limit in (n - 1, n - 60):
+        summary, ds = run_encode(
+            tmp_path, [record], name=f"cut{limit}", max_length=limit, overflow="shorten_thoughts"
+        )
+        [(cut_ids, cut_codes)] = documents(ds)
+        assert summary["thoughts_shortened"] == 1 and len(cut_ids) == limit  # exactly the excess goes
+        item = ds[0]
+        answer = item["input_ids"][item["segments"] == ANSWER]
+        assert tiny_tok.decode(answer) == "The answer is four.<|im_end|>"  # whole, and it still ends
+        assert codes.count(2) == cut_codes.count(2)  # the short thought is untouched
+        assert cut_codes.count(1) == codes.count(1) - (n - limit) - 1  # minus the cut, minus its end
+        # The cut thought keeps its end-of-turn token in the text, with no weight.
+        after = cut_ids.index(eot, max(i for i, c in enumerate(cut_codes) if c == 1))
+        assert cut_codes[after] == IGNORE and tiny_tok.decode(cut_ids[:after]).endswith(
+            tiny_tok.decode(item["input_ids"][item["segments"] == 1])
+        )
+    # Thoughts give up all but one token each; if the rest still does not fit, the record is dropped.
+    fixed = n - codes.count(1) - codes.count(2) + 2  # both thoughts' end-of-turn tokens stay
+    summary, ds = run_encode(
+        tmp_path, [record], name="edge", max_length=fixed + 2, overflow="shorten_thoughts"
+    )
+    assert summary["thoughts_shortened"] == 1 and len(documents(ds)[0][0]) == fixed + 2
+    summary, _ = run_encode(
+        tmp_path,
+        [record, {"question": "Q?", "output1": "t", "output2": "a"}],
+        name="drop",
+        max_length=fixed + 1,
+        overflow="shorten_thoughts",
+    )
+    assert summary["dropped"] == {"answer_too_long": 1} and summary["examples"] == 1
+
+
+def test_thought_shares_when_several_must_give_tokens():
+    from ptr.encode.overflow import _cap
+
+    assert _cap([10, 3], 5) == [5, 3]  # the longest first
+    assert _cap([10, 3], 8) == [3, 2]  # down to a common length, exactly 8 removed
+    assert _cap([10, 3], 11) == [1, 1]
+    with pytest.raises(ValueError):
+        _cap([10, 3], 12)
+
+
+def test_a_cut_thought_does_not_end_and_a_cut_answer_drops_the_record(tmp_path, tiny_tok):
+    cut_thought = thought_record(1)
+    cut_thought["thoughts"][1]["finish_reason"] = "length"  # round 1 (the list is in reverse order)
+    cut_answer = {
+        **thought_record(2),
+        "answer": {"model": "s", "text": "Half an ans", "finish_reason": "length"},
+    }
+    summary, ds = run_encode(tmp_path, [cut_thought, cut_answer, thought_record(3)], max_length=1024)
+    assert summary["dropped"] == {"answer_truncated": 1} and summary["examples"] == 2
+    runs = segments_as_text(tiny_tok, ds[0])
+    assert runs[1] == (1, "Attempt 1 at question 1: maybe 2.")  # no weight on the end-of-turn after a cut
+    assert runs[2][0] == IGNORE and runs[2][1].startswith("<|im_end|>")
+    assert runs[3] == (2, "Attempt 2 at question 1: maybe 3.<|im_end|>")
+    qa = [{"q": "Q?", "a": {"text": "cut", "finish_reason": "length"}}, {"q": "Q?", "a": "whole"}]
+    summary, _ = run_encode(tmp_path, qa, name="qa", encode_type="qa")
+    assert summary["dropped"] == {"answer_truncated": 1}
+
+
+def test_refine_prompt_comes_from_the_records_and_one_corpus_has_one(tmp_path, tiny_tok, capsys):
+    own = "Think again and answer better."
+    records = [{**thought_record(i), "refine_prompt": own} for i in range(3)]
+    _, ds = run_encode(tmp_path, records, name="own")
+    assert ds.meta["layout"]["refine_prompt"] == own
+    texts = [tiny_tok.decode(ids) for ids, _ in documents(ds)]
+    assert all(f"user\n{own}<|im_end|>" in t and REFINE_PROMPT not in t for t in texts)
+    # Records without the field: the flag, else the paper's prompt, and meta.json says which.
+    _, ds = run_encode(tmp_path, [thought_record(1)], name="flag", refine_prompt=own)
+    assert ds.meta["layout"]["refine_prompt"] == own and own in tiny_tok.decode(documents(ds)[0][0])
+    _, ds = run_encode(tmp_path, [thought_record(1)], name="default")
+    assert ds.meta["layout"]["refine_prompt"] == REFINE_PROMPT
+
+    base = ["--tokenizer_path", "tiny-random", "--output_path", str(tmp_path / "bad")]
+    mixed = write_jsonl(
+        tmp_path / "mixed.jsonl", [records[0], {**thought_record(5), "refine_prompt": "Other."}]
+    )
+    unnamed_first = write_jsonl(tmp_path / "unnamed.jsonl", [thought_record(6), records[1]])
+    for argv, expected in [
+        (["--input", str(write_jsonl(tmp_path / "own.jsonl", records)), "--refine_prompt", "Flag."],
+         f"own.jsonl:1: refine_prompt: {own!r} differs from the prompt this corpus is laid out with, 'Flag.' (--refine_prompt)"),
+        (["--input", str(mixed)], f"mixed.jsonl:2: refine_prompt: 'Other.' differs from the prompt this corpus is laid out with, {own!r}"),
+        (["--input", str(unnamed_first)], f"unnamed.jsonl:2: refine_prompt: {own!r} differs"),
+    ]:  # fmt: skip
+        assert encode_main([*base, *argv]) == 2
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "ptr").exists()
+
+
+def test_errors_in_worker_processes_come_back_whole(tmp_path, capsys):
+    """A record the chat template refuses inside a worker process stops the run at its file and line:
+    the worker hands back the InputError itself (pickled), not a message parsed back."""
+    from ptr.models import resolve
+
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    for f in Path(resolve("tiny-random")).iterdir():
+        if f.suffix in (".json", ".jinja"):
+            shutil.copy(f, tok_dir / f.name)
+    template = (tok_dir / "chat_template.jinja").read_text()
+    guard = "{% for m in messages %}{% if 'FORBIDDEN' in m.content %}{{ raise_exception('no FORBIDDEN here') }}{% endif %}{% endfor %}"
+    (tok_dir / "chat_template.jinja").write_text(guard + template)
+    records = [thought_record(i) for i in range(300)]
+    records[250]["query"] = "FORBIDDEN?"
+    src = write_jsonl(tmp_path / "t.jsonl", records)
+    argv = ["--tokenizer_path", str(tok_dir), "--input", str(src), "--output_path", str(tmp_path / "out")]
+    for num_proc in ("1", "2"):
+        assert encode_main([*argv, "--num_proc", num_proc]) == 2
+        assert f"error: {src}:251: chat template: no FORBIDDEN here" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "ptr").exists()
+
+
 # -- dtype ----------------------------------------------------------------------------------------
 
 
@@ -320,6 +458,7 @@ def test_dtype_overflow_exits_2_before_writing(tmp_path, capsys):
 # -- inputs ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # a process of its own (or an MLflow store): not in make test-fast
 def test_thoughts_jsonl_end_to_end_with_python_m(tmp_path, tiny_tok):
     """The issue's "done when": thoughts.jsonl → `python -m ptr.encode` → ShardDataset."""
     records = [thought_record(i, kept=i % 5 != 0) for i in range(20)]
@@ -456,6 +595,10 @@ def test_bad_flags_exit_2(tmp_path, capsys):
         (["--input", "x.jsonl", "--max_length", "0"], "--max_length: Input should be greater than 0"),
         (["--input", str(tmp_path / "missing.jsonl")], "missing.jsonl: no such file or folder"),
         (["--input", str(none_kept)], "nothing to encode: 2 records read, dropped {'not_kept': 2}"),
+        (
+            ["--input", "x.jsonl", "--encode_type", "qa", "--overflow", "shorten_thoughts"],
+            "--overflow shorten_thoughts needs thoughts: --encode_type ptr, not qa",
+        ),
     ]:
         assert encode_main([*base, *extra]) == 2
         assert expected in capsys.readouterr().err
@@ -485,13 +628,14 @@ import time
 from pathlib import Path
 
 def load(path):
-    for i in range(1100):  # a first batch of 1024 is encoded and written, then it blocks
-        yield {"question": f"question {i} " * 5, "output1": f"thought {i} " * 10, "output2": f"answer {i} " * 10}
+    for i in range(3500):  # ~3.5M characters: batches of 1M and 2M are encoded and written, then it blocks
+        yield {"question": f"question {i} " * 5, "output1": f"thought {i} " * 60, "output2": f"answer {i} " * 40}
     Path(path).write_text("blocked")
     time.sleep(600)
 """
 
 
+@pytest.mark.integration  # a process of its own (or an MLflow store): not in make test-fast
 def test_killed_encoder_leaves_no_partial_output(tmp_path):
     loader = tmp_path / "slow_loader.py"
     loader.write_text(KILLABLE_LOADER)
@@ -520,19 +664,26 @@ def test_killed_encoder_leaves_no_partial_output(tmp_path):
     assert len(ds) == 3 and sorted(p.name for p in out.iterdir()) == ["ptr"]
 
 
-def test_worker_processes_write_the_same_shards(tmp_path, monkeypatch):
-    import ptr.encode.encoder
+def test_batches_threads_and_worker_processes_write_the_same_shards(tmp_path, monkeypatch):
+    from ptr.encode import stream
 
-    monkeypatch.setattr(ptr.encode.encoder, "CHUNK", 100)  # 12 batches, spread over the workers
     records = [thought_record(i, n_thoughts=1 + i % 3) for i in range(1200)]
+    _, whole = run_encode(tmp_path, records, name="whole", merge_data=True, max_length=512, num_proc=1)
+    monkeypatch.setattr(stream, "FIRST_BATCH_CHARS", 5_000)  # ~20 batches, spread over the workers
+    monkeypatch.setattr(stream, "BATCH_CHARS", 10_000)
+    sizes = [len(b) for b in stream.batches(to_examples(records))]
+    assert len(sizes) > 10 and sizes[0] < sizes[1] and sum(sizes) == len(records)
     _, one = run_encode(tmp_path, records, name="one", merge_data=True, max_length=512, num_proc=1)
     _, two = run_encode(tmp_path, records, name="two", merge_data=True, max_length=512, num_proc=2)
-    assert len(one) == len(two)
+    assert len(whole) == len(one) == len(two)
     for i in range(len(one)):
-        a, b = one[i], two[i]
-        assert all((a[k] == b[k]).all() for k in ("input_ids", "segments", "doc_lens"))
+        a, b, c = whole[i], one[i], two[i]
+        assert all(
+            (a[k] == b[k]).all() and (b[k] == c[k]).all() for k in ("input_ids", "segments", "doc_lens")
+        )
 
 
+@pytest.mark.integration  # a process of its own (or an MLflow store): not in make test-fast
 def test_tracked_run_records_config_counts_and_data(tmp_path, monkeypatch):
     """With tracking on (the local sqlite store), the stage's run has its config, counts, meta and
     summary, and its input and output as datasets."""

@@ -1,5 +1,5 @@
 """`ptr encode` with its input and output in a real S3 store (SeaweedFS on 127.0.0.1, started and
-stopped by pid through ptr.tracking.stack)."""
+stopped by pid through ptr.devstack)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from ptr.data.generate import GenerateConfig, run_generate
-from ptr.data.models import ModelPool, parse_spec
+from ptr.data.model_pool import ModelPool, parse_spec
 from tests.conftest import run_ptr
 from tests.support.torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 

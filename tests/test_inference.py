@@ -206,7 +206,7 @@ def test_cpu_decode_attention_matches_sdpa_with_padding():
     """Decoding steps with ``ptr_sdpa_decode`` give SDPA's logits on left-padded GQA batches."""
     import torch
 
-    from ptr.inference.attention import DECODE_SDPA, use_decode_attention
+    from ptr.inference.decode_attention import DECODE_SDPA, use_decode_attention
     from ptr.models import load_model
 
     model, _ = load_model("tiny-random", dtype="float32")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from ptr.cache import cached_dir
 from ptr.errors import PtrError
 from ptr.models import load_model, load_tokenizer, resolve
-from ptr.models.cache import cached_dir
 from tests.conftest import run_ptr
 
 

@@ -42,7 +42,7 @@ def test_local_config_is_the_embedded_smollm2_run():
 
 
 def test_paper_config_holds_the_papers_settings():
-    from ptr.pipeline.steps import deepspeed_config
+    from ptr.pipeline.steps.training import deepspeed_config
 
     config = load_config(REPO / "pipelines/configs/paper-qwen2-7b.yaml")
     assert (
@@ -73,7 +73,7 @@ def test_paper_config_holds_the_papers_settings():
 
 def test_deepspeed_overrides_merge_over_the_config():
     from ptr.pipeline.config import Train
-    from ptr.pipeline.steps import deepspeed_config
+    from ptr.pipeline.steps.training import deepspeed_config
 
     base = {"zero_optimization": {"stage": 2, "overlap_comm": True}, "train_micro_batch_size_per_gpu": 4}
     train = Train(
@@ -91,7 +91,7 @@ def test_deepspeed_overrides_merge_over_the_config():
     "overrides, message",
     [
         ({"train": {"loss_weights": [0.5, 0.1, 0.1]}}, "loss_weights must be non-negative and sum to 1"),
-        ({"train": {"max_step": 3}}, "train.max_step: Extra inputs are not permitted"),
+        ({"train": {"max_step": 3}}, "train.max_step: unknown key"),
         ({"run": {"runtime": "kubernetes"}}, "run.cluster is missing"),
         ({"evaluate": {"rounds": 0}}, "evaluate.rounds: Input should be greater than or equal to 1"),
         (
@@ -129,3 +129,123 @@ def test_overrides_parse_values_as_yaml():
     with pytest.raises(PtrError, match="SECTION.KEY=VALUE"):
         parse_overrides(["max_steps=4"])
     assert PipelineConfig().run.runtime == "local"
+
+
+def test_train_options_reach_the_trainer_booleans_off_included():
+    """``train_options: {save_optimizer: false}`` used to render no flag, and the trainer saved the
+    optimizer anyway. The section builds the TrainConfig; the argv that torchrun and every PyTorchJob
+    replica get parses back (through ``ptr train``'s own parser) to the same config."""
+    from ptr.cluster import training
+    from ptr.train.cli import config_from_args
+
+    config = load_config(None, {"train": {"train_options": {"save_optimizer": False, "beta": "quadratic"}}})
+    train_config = config.train.train_config("shards", "out", seed=3)
+    assert train_config.save_optimizer is False and train_config.beta == "quadratic"
+    argv = train_config.to_argv()
+    assert "--no-save_optimizer" in argv
+    parsed, _ = config_from_args(argv)
+    assert parsed == train_config
+    plan = training.plan(config.run.kube, train_config, "run-1", with_ds_config=False)
+    replica_argv = plan.command[plan.command.index("--") + 1 :]
+    assert config_from_args(replica_argv)[0].save_optimizer is False
+
+
+def test_eval_options_reach_the_evaluation():
+    config = load_config(None, {"evaluate": {"eval_options": {"save_infer_texts": False, "top_k": 5}}})
+    eval_config = config.evaluate.eval_config(
+        "tiny-random", "transformers", tasks=["arith"], output_path="out", save_name="base", seed=0
+    )
+    assert eval_config.save_infer_texts is False and eval_config.top_k == 5
+    assert eval_config.save_infer_results is True  # the report and the promotion read the metrics
+
+
+def test_thoughts_options_take_filter_settings_flat():
+    options = {"allow_truncated": True, "min_consistency": -1.0, "batch_size": 4}
+    config = load_config(None, {"data": {"thoughts_options": options}})
+    thoughts = config.data.thoughts_config("q.jsonl", "t.jsonl", seed=1)
+    assert thoughts.filters.allow_truncated is True and thoughts.filters.min_consistency == -1.0
+    assert thoughts.batch_size == 4 and thoughts.seed == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"train": {"train_options": {"save_optimiser": False}}},
+            "train_options: save_optimiser: unknown key",
+        ),
+        ({"train": {"train_options": {"seed": 3}}}, "train_options.seed: set by this section itself"),
+        (
+            {"train": {"train_options": {"keep_checkpoints": 0}}},
+            "train_options: keep_checkpoints: Input should",
+        ),
+        (
+            {"evaluate": {"eval_options": {"save_infer_text": False}}},
+            "eval_options: save_infer_text: unknown key",
+        ),
+        ({"evaluate": {"eval_options": {"rounds": 4}}}, "eval_options.rounds: set by this section itself"),
+        ({"data": {"thoughts_options": {"min_chars": -1}}}, "thoughts_options: filters.min_chars"),
+    ],
+)
+def test_stage_options_are_checked_when_the_config_loads(overrides, message):
+    with pytest.raises(PtrError, match=message):
+        load_config(None, overrides)
+
+
+def test_the_evaluate_step_honours_save_infer_texts(tmp_path, monkeypatch):
+    """The step itself, on tiny-random: with ``save_infer_texts: false`` no predictions file is written,
+    the metrics the report reads are."""
+    from ptr.pipeline import steps
+
+    monkeypatch.setenv("PTR_TRACKING", "off")
+    evaluate = {
+        "tasks": ["arith"],
+        "rounds": 1,
+        "limit": 2,
+        "max_new_tokens": 4,
+        "eval_options": {"save_infer_texts": False, "dtype": "float32", "plot": False},
+    }
+    metrics = steps.evaluate_base({}, evaluate, {"base_model": "tiny-random"}, str(tmp_path), "run-1")
+    assert metrics["arith"]["n"] == 2
+    written = sorted(p.name for p in (tmp_path / "base").iterdir())
+    assert "arith.metrics.json" in written and not any("predictions" in name for name in written)
+
+
+def test_promotion_metrics_must_be_evaluated():
+    """Item 20: a promote metric whose task or round evaluation never produces fails at load time."""
+    with pytest.raises(PtrError, match=r"promote: gsm8k.round3 needs task gsm8k in evaluate.tasks"):
+        load_config(overrides={"evaluate": {"tasks": ["arith"]}, "promote": {"primary": "gsm8k.round3"}})
+    with pytest.raises(PtrError, match=r"needs round 3, evaluate.rounds is 2"):
+        load_config(overrides={"evaluate": {"rounds": 2}, "promote": {"primary": "arith.round3"}})
+    with pytest.raises(PtrError, match=r"mmlu.round1 needs task mmlu"):
+        load_config(
+            overrides={
+                "evaluate": {"tasks": ["arith"]},
+                "promote": {"primary": "arith.round2", "guards": {"mmlu.round1": 0.01}},
+            }
+        )
+
+
+def test_evaluate_base_fails_first_when_the_promotion_task_has_no_data(tmp_path, monkeypatch):
+    """Item 20: evaluate-base runs at the start, beside the data steps; when the primary metric's task
+    has no data under the data folder, it fails there — not at promote, hours later."""
+    from ptr.pipeline import steps
+
+    monkeypatch.setenv("PTR_TRACKING", "off")
+    for name in ("PTR_RUN_ID", "PTR_EXPERIMENT"):  # the step sets them: put them back afterwards
+        monkeypatch.setenv(name, "")
+    evaluate = {"tasks": ["arith", "gsm8k"], "rounds": 1, "limit": 1, "data_dir": str(tmp_path / "empty")}
+    calls = []
+    monkeypatch.setattr("ptr.pipeline.steps.serving.run_evaluate", lambda config: calls.append(config))
+    with pytest.raises(
+        PtrError, match=r"promote uses gsm8k.round1, but task gsm8k has no data here .*Stage the data"
+    ):
+        steps.evaluate_base(
+            {},
+            evaluate,
+            {"base_model": "tiny-random"},
+            str(tmp_path / "out"),
+            "run-1",
+            promote={"primary": "gsm8k.round1"},
+        )
+    assert calls == []  # nothing evaluated first

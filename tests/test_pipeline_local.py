@@ -1,7 +1,11 @@
 """The whole pipeline on this machine, reduced: kfp.local's SubprocessRunner runs every component —
 queries → thoughts → encode → train (torchrun, 2 gloo ranks) → register → deploy (ptr serve on
 127.0.0.1) → evaluate → promote, with the base model's evaluation beside them — on tiny-random, a
-handful of queries and a few steps, with a real MLflow store (sqlite) under the test's folder."""
+few steps, with a real MLflow store (sqlite) under the test's folder.
+
+The thought data is imported (``data.thoughts_input``, in the paper's ``{question, output1, …}``
+layout): tiny-random writes noise that seldom ends a turn, so every answer it wrote would be dropped
+as truncated. Generation itself is tested in tests/test_thoughts.py."""
 
 from __future__ import annotations
 
@@ -28,16 +32,7 @@ for _stage in STAGES:  # the pipeline wires the stages together: it runs once al
 
 TINY = {
     "run": {"runtime": "local", "experiment": "ptr-test", "model_name": "ptr-tiny", "seed": 0},
-    "data": {
-        "queries_input": "builtin",
-        "queries_limit": 4,
-        "weak_models": ["tiny-random"],
-        "strong_model": "tiny-random",
-        "num_thoughts": 2,
-        "max_new_tokens": 16,
-        # tiny-random writes noise: keep every chain so that there is something to train on
-        "thoughts_options": {"allow_truncated": True, "min_consistency": -1.0, "min_improvement": -1.0},
-    },
+    "data": {},  # thoughts_input: written by the fixture
     "train": {
         "base_model": "tiny-random",
         "max_length": 256,
@@ -50,13 +45,29 @@ TINY = {
 }
 
 
+N_RECORDS = 16
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
+    import random
+
+    from tests.support.thought_shards import arithmetic_example
+
     tmp = tmp_path_factory.mktemp("pipeline")
+    rng, records = random.Random(0), []
+    for _ in range(N_RECORDS):
+        question, thoughts, answer = arithmetic_example(rng)
+        thoughts = (thoughts + [f"So {question[8:-1]} is about {answer.split()[-1]}"])[:2]
+        records.append(
+            {"question": question, **{f"output{i}": t for i, t in enumerate([*thoughts, answer], 1)}}
+        )
+    (tmp / "paper.json").write_text(json.dumps(records))
+    config = {**TINY, "data": {"thoughts_input": str(tmp / "paper.json")}}
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "PTR_RUN_ID", "PTR_EXPERIMENT")}
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     try:
-        result = runner.run_local(load_config(None, TINY), pipeline_root=tmp / "runs")
+        result = runner.run_local(load_config(None, config), pipeline_root=tmp / "runs")
     finally:
         for key, value in before.items():
             if value is None:
@@ -69,7 +80,8 @@ def finished(tmp_path_factory):
 def test_every_step_produced_its_artifact(finished):
     result, _ = finished
     run_dir = Path(result["run_dir"])
-    assert (next(run_dir.glob("make-queries/queries")) / "queries.jsonl").stat().st_size > 0
+    queries = next(run_dir.glob("make-queries/queries"))  # skipped: the thoughts are imported
+    assert json.loads((queries / "queries.summary.json").read_text())["records"] == 0
     thoughts = [
         json.loads(line)
         for line in next(run_dir.glob("make-thoughts/thoughts"))
@@ -77,7 +89,7 @@ def test_every_step_produced_its_artifact(finished):
         .read_text()
         .splitlines()
     ]
-    assert len(thoughts) == 4 and all(len(t["thoughts"]) == 2 for t in thoughts)
+    assert len(thoughts) == N_RECORDS and all(len(t["thoughts"]) == 2 and t["kept"] for t in thoughts)
     assert (next(run_dir.glob("encode-thoughts/shards")) / "ptr" / "meta.json").exists()
     location = json.loads(next(run_dir.glob("train-model/model")).joinpath("location.json").read_text())
     assert (Path(location["model"]) / "config.json").exists()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ptr.errors import InputError, PtrError
-from ptr.tracking.promotion import decide, paired_bootstrap, parse_guard, parse_metric, question_scores
+from ptr.tracking.gate import decide, paired_bootstrap, parse_guard, parse_metric, question_scores
 
 GSM3 = parse_metric("gsm8k.round3")
 

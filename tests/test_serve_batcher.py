@@ -110,7 +110,7 @@ def test_backend_failure_reaches_its_jobs_only(tiny_backend):
 
 def test_model_loads_pvc_reference_and_predicts(tmp_path, tiny_path, monkeypatch):
     import ptr.storage
-    from ptr.serve.model import RefiningModel
+    from ptr.serve.kserve_model import RefiningModel
 
     (tmp_path / "models-claim").mkdir()
     os.symlink(tiny_path, tmp_path / "models-claim" / "tiny")
@@ -133,7 +133,7 @@ def test_model_loads_pvc_reference_and_predicts(tmp_path, tiny_path, monkeypatch
 def test_model_loads_s3_reference_from_real_store(s3_store, tmp_path, tiny_path, monkeypatch):
     """s3:// through ptr.storage against SeaweedFS on 127.0.0.1 (the session's store)."""
     from ptr import storage
-    from ptr.serve.model import RefiningModel
+    from ptr.serve.kserve_model import RefiningModel
 
     monkeypatch.setenv("PTR_CACHE", str(tmp_path / "cache"))
     storage.publish(tiny_path, "s3://ptr/models/tiny")

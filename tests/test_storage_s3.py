@@ -1,6 +1,6 @@
 """ptr.storage against a real S3 store: SeaweedFS (`weed server -s3`) on free 127.0.0.1 ports.
 
-One store for the module, started and stopped by pid through ptr.tracking.stack; the test that kills
+One store for the module, started and stopped by pid through ptr.devstack; the test that kills
 it mid-upload starts it again on the same ports and data folder.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ptr import storage
+from ptr.devstack import Stack, _wait_gone
 from ptr.errors import PtrError
-from ptr.tracking.stack import Stack, _wait_gone
 
 
 @pytest.fixture()

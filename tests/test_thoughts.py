@@ -6,9 +6,10 @@ import json
 import pytest
 
 from ptr.data.cleaning import clean_generated, family_of, stops_for
-from ptr.data.filters import FilterConfig, attempt_reason, judged_improvement, parse_verdict
-from ptr.data.models import ModelPool, parse_spec
+from ptr.data.filters import FilterConfig, judged_improvement, parse_verdict, text_reason, thought_reason
+from ptr.data.model_pool import ModelPool, parse_spec
 from ptr.data.thoughts import ThoughtsConfig, final_answer_conversation, run_thoughts
+from ptr.prompts import REFINE_PROMPT
 from tests.conftest import run_ptr
 from tests.support.torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
@@ -57,58 +58,61 @@ def _records(tmp_path):
 
 
 def test_record_structure_and_summary(queries_file, tmp_path, pool):
+    # tiny-random seldom ends a turn: most answers hit their budget (3 x 6 tokens) and are dropped,
+    # whatever allow_truncated says; the scores are those of the chains that got that far.
     summary = run_thoughts(_config(queries_file, tmp_path, num_thoughts=3), pool=pool)
     rows = _records(tmp_path)
     assert [r["id"] for r in rows] == [f"q{i}" for i in range(5)]
     for r, q in zip(rows, QUERIES, strict=True):
-        assert set(r) == {"id", "query", "thoughts", "answer", "scores", "kept", "reason"}
-        assert r["query"] == q and r["kept"] is True and r["reason"] is None
+        assert set(r) == {"id", "query", "refine_prompt", "thoughts", "answer", "scores", "kept", "reason"}
+        assert r["query"] == q and r["refine_prompt"] == REFINE_PROMPT
         assert [t["round"] for t in r["thoughts"]] == [1, 2, 3]
         assert all(t["model"] == "tiny-random" and t["text"] for t in r["thoughts"])
         assert r["answer"]["model"] == "tiny-random" and r["answer"]["text"]
-        for key in (
-            "consistency",
-            "improvement",
-            "chain_consistency",
-            "answer_relevance",
-            "thought_relevance",
-        ):
+        assert r["answer"]["tokens"] <= 18  # the answer's own budget: 3 x max_new_tokens
+        if r["answer"]["finish_reason"] == "length":
+            assert r["reason"] == "answer_truncated" and not r["kept"]
+            continue
+        assert r["kept"] and r["reason"] is None
+        for key in ("consistency", "improvement", "answer_relevance", "thought_relevance"):
             assert isinstance(r["scores"][key], float), key
+        assert len(r["scores"]["link_consistency"]) == 3  # thought 1-2, 2-3, then answer-thought 3
+        assert r["scores"]["consistency"] == min(r["scores"]["link_consistency"])
         assert -1 <= r["scores"]["consistency"] <= 1 and 0 <= r["scores"]["improvement"] <= 1
-    assert summary["kept"] == 5 and summary["records"] == 5 and summary["dropped"] == {}
+    truncated = sum(r["reason"] == "answer_truncated" for r in rows)
+    assert truncated >= 1 and summary["kept"] == 5 - truncated and summary["records"] == 5
+    assert summary["dropped"] == {"answer_truncated": truncated}
     assert summary["tokens"]["tiny-random"] == sum(
         t["tokens"] for r in rows for t in [*r["thoughts"], r["answer"]]
     )
     assert summary["run"]["generated"] == 5 and summary["run"]["queries_per_minute"] > 0
-    assert json.loads((tmp_path / "t.summary.json").read_text())["kept"] == 5
+    assert json.loads((tmp_path / "t.summary.json").read_text())["kept"] == 5 - truncated
 
 
 @pytest.mark.parametrize(
-    "filters, reason, stops_after",
+    "settings, reason, stops_after",
     [
-        ({"allow_truncated": False}, "truncated", "length"),  # tiny-random rarely ends a turn in 6 tokens
-        ({"min_chars": 10_000}, "empty", 1),
-        ({"repeat_threshold": 0.0}, "repeated", 2),  # anything counts as a repeat of thought 1
-        ({"min_consistency": 1.01}, "inconsistent", None),
-        ({"min_improvement": 1.01}, "no_improvement", None),
+        ({"filters": {"allow_truncated": False}}, "truncated", "length"),  # 6 tokens rarely end a turn
+        ({"filters": {"min_chars": 10_000}}, "empty", 1),
+        ({"filters": {"repeat_threshold": 0.0}}, "repeated", 2),  # anything repeats thought 1
+        ({"filters": {"min_consistency": 1.01}}, "inconsistent", 2),  # thought 1-2, before any answer
+        ({"answer_max_new_tokens": 2}, "answer_truncated", "answer"),  # allow_truncated: thoughts only
     ],
 )
-def test_every_filter_names_its_reason(queries_file, tmp_path, pool, filters, reason, stops_after):
-    summary = run_thoughts(_config(queries_file, tmp_path, filters=filters), pool=pool)
+def test_every_filter_names_its_reason(queries_file, tmp_path, pool, settings, reason, stops_after):
+    summary = run_thoughts(_config(queries_file, tmp_path, **settings), pool=pool)
     rows = _records(tmp_path)
     assert all(not r["kept"] and r["reason"] == reason for r in rows)
     assert summary["dropped"] == {reason: 5} and summary["kept"] == 0
     for r in rows:
-        if stops_after is None:  # the chain was finished and then judged
-            assert len(r["thoughts"]) == 2 and r["answer"] is not None
-            assert r["scores"]["consistency"] is not None and r["scores"]["improvement"] is not None
-        elif stops_after == "length":  # stopped at the first attempt that ran out of tokens
-            last = r["answer"] or r["thoughts"][-1]
-            assert last["finish_reason"] == "length"
+        if stops_after == "answer":  # the chain was finished; its answer ran out of tokens
+            assert len(r["thoughts"]) == 2 and r["answer"]["finish_reason"] == "length"
+            assert r["answer"]["tokens"] == 2 and "answer_relevance" not in r["scores"]
+        elif stops_after == "length":  # stopped at the first thought that ran out of tokens
+            assert r["thoughts"][-1]["finish_reason"] == "length" and r["answer"] is None
             assert all(t["finish_reason"] == "stop" for t in r["thoughts"][:-1])
-        else:  # an early filter: what was generated stays, and nothing after it
+        else:  # what was generated stays, and nothing after it
             assert len(r["thoughts"]) == stops_after and r["answer"] is None
-            assert r["scores"]["consistency"] is None
 
 
 def test_a_prompt_over_the_context_is_dropped_not_fatal(tmp_path, pool):
@@ -123,16 +127,22 @@ def test_a_prompt_over_the_context_is_dropped_not_fatal(tmp_path, pool):
     summary = run_thoughts(_config(src, tmp_path), pool=pool)
     rows = {r["id"]: r for r in _records(tmp_path)}
     assert rows["long"]["reason"] == "too_long" and rows["long"]["thoughts"] == []
-    assert rows["ok"]["kept"] and summary["dropped"] == {"too_long": 1}
+    assert rows["ok"]["reason"] != "too_long" and len(rows["ok"]["thoughts"]) == 2
+    assert summary["dropped"]["too_long"] == 1
 
 
 def test_judge_model_scores_both_orders(queries_file, tmp_path, pool):
-    run_thoughts(_config(queries_file, tmp_path, judge_model="tiny-random"), pool=pool)
-    for r in _records(tmp_path):
+    # A long answer budget: tiny-random ends some answers, and those chains are judged.
+    run_thoughts(
+        _config(queries_file, tmp_path, judge_model="tiny-random", answer_max_new_tokens=64), pool=pool
+    )
+    judged = [r for r in _records(tmp_path) if r["reason"] != "answer_truncated"]
+    assert judged
+    for r in judged:
         assert "judge_forward" in r["scores"] and "judge_backward" in r["scores"]
         # tiny-random rarely writes a digit: either a parsed verdict or the reason says it had none
-        assert r["kept"] or r["reason"] == "judge_unparsable"
-        assert len(pool) == 1  # judge, weak and strong are one reference, loaded once
+        assert r["kept"] or r["reason"] in ("judge_unparsable", "no_improvement")
+    assert len(pool) == 1  # judge, weak and strong are one reference, loaded once
 
 
 def test_weak_models_cycle_and_each_reference_loads_once(queries_file, tmp_path, tiny_backend, tiny_path):
@@ -242,12 +252,12 @@ def test_cli_end_to_end_on_tiny_random(tmp_path, capsys):
 
 def test_attempt_filters_and_judge_parsing():
     cfg = FilterConfig()
-    assert attempt_reason("An answer.", "length", None, cfg) == "truncated"
-    assert attempt_reason("  \n ", "stop", None, cfg) == "empty"
-    assert attempt_reason("Same  text.\n", "stop", "Same text.", cfg) == "repeated"
-    assert attempt_reason("Other text.", "stop", "Same text.", cfg) is None
+    assert thought_reason("An answer.", "length", None, cfg) == "truncated"
+    assert thought_reason("  \n ", "stop", None, cfg) == "empty"
+    assert thought_reason("Same  text.\n", "stop", "Same text.", cfg) == "repeated"
+    assert thought_reason("Other text.", "stop", "Same text.", cfg) is None
     near = FilterConfig(repeat_threshold=0.9)
-    assert attempt_reason("The answer is 42.", "stop", "The answer is 42!", near) == "repeated"
+    assert text_reason("The answer is 42.", "The answer is 42!", near) == "repeated"
     assert (
         parse_verdict("Score: 7/10") == 0.7 and parse_verdict("10") == 1.0 and parse_verdict("none") is None
     )
@@ -289,6 +299,7 @@ def test_smollm_weak_and_strong_produce_kept_records(tmp_path, smollm_path):
         dtype="float32",
         progress=False,
         filters={"min_consistency": 0.3, "min_improvement": 0.3},
+        answer_max_new_tokens=256,
     )
     summary = run_thoughts(cfg)
     rows = _records(tmp_path)
@@ -298,3 +309,38 @@ def test_smollm_weak_and_strong_produce_kept_records(tmp_path, smollm_path):
             assert "<|im_" not in t["text"] and "<|endoftext|>" not in t["text"]
     kept = [r for r in rows if r["kept"]]
     assert all(len(r["thoughts"]) == 2 and r["answer"]["text"] for r in kept)
+
+
+def test_vllm_engines_held_together_split_the_gpu_memory(monkeypatch):
+    """Item 17: the thoughts step holds every weak model and the strong one at once; vLLM reserves its
+    gpu_memory_utilization of the whole GPU per engine up front, so two engines at 0.85 cannot share a
+    GPU. The pool divides the share among the distinct vLLM models of the run (one model used for
+    several roles is one engine)."""
+    from ptr.data import model_pool
+
+    loaded = []
+    monkeypatch.setattr(
+        model_pool, "load_backend", lambda kind, ref, options: loaded.append((kind, ref, options)) or object()
+    )
+    pool = model_pool.ModelPool()
+    weak = model_pool.parse_spec("Qwen/Qwen2-0.5B-Instruct", "vllm", None)
+    strong = model_pool.parse_spec("Qwen/Qwen2-1.5B-Instruct", "vllm", None)
+    pool.plan([weak, weak, strong])
+    pool.get(weak), pool.get(strong), pool.get(weak)
+    shares = [options.gpu_memory_share for _, _, options in loaded]
+    assert len(loaded) == 2 and shares == [0.425, 0.425] and sum(shares) <= model_pool.VLLM_GPU_MEMORY
+
+    loaded.clear()
+    one = model_pool.ModelPool()
+    one.plan([weak, weak])
+    one.get(weak)
+    assert loaded[0][2].gpu_memory_share == model_pool.VLLM_GPU_MEMORY
+
+    # and the vLLM backend hands it to the engine
+    from ptr.inference.backend import BackendOptions
+    from ptr.inference.vllm_backend import VLLMBackend
+
+    captured = {}
+    monkeypatch.setattr(VLLMBackend, "__init__", lambda self, ref, **kw: captured.update(kw))
+    VLLMBackend.from_options("m", BackendOptions(gpu_memory_share=0.425))
+    assert captured["gpu_memory_share"] == 0.425  # memory_plan makes it the engine's gpu_memory_utilization

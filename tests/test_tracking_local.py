@@ -170,8 +170,8 @@ def test_register_never_loads_weights_and_loads_back_by_alias(local_store, tiny_
     import transformers
 
     from ptr.tracking import describe_model
+    from ptr.tracking.model_registry import download_registered_model, register_model
     from ptr.tracking.promote import promote
-    from ptr.tracking.registry import download_registered_model, register_model
 
     def refuse(*args, **kwargs):
         raise AssertionError("registering must not load the weights")
@@ -199,8 +199,9 @@ def test_register_never_loads_weights_and_loads_back_by_alias(local_store, tiny_
     with pytest.raises(PtrError, match="no finished evaluation with eval.gsm8k.round2"):
         promote("tiny-local", primary="gsm8k.round2")
     log_eval_run("models:/tiny-local@candidate", {"gsm8k": np.eye(2, 6).tolist()})
-    code, report = promote("tiny-local", primary="gsm8k.round2")
-    assert code == 0 and report["decision"]["promote"] and report["champion"] is None
+    promotion = promote("tiny-local", primary="gsm8k.round2")
+    assert promotion.promoted and promotion.champion_before is None
+    assert promotion.report["decision"]["promote"] and promotion.report["champion"] is None
     assert str(local_store.get_model_version_by_alias("tiny-local", "champion").version) == "1"
     assert local_store.get_model_version("tiny-local", "1").tags["ptr.promotion.decision"] == "promoted"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptr.tracking.stack import Stack
+from ptr.devstack import Stack
 from tests.conftest import run_ptr
 from tests.support.eval_runs import log_eval_run
 from tests.support.procs import free_port

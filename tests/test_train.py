@@ -1,7 +1,8 @@
 """`ptr train` end to end on tiny-random: DeepSpeed on the CPU (gloo), real processes.
 
-* kill-and-resume: a run SIGKILLed at a random step and resumed with ``--resume auto`` ends with the
-  same weights as a run never stopped;
+* kill-and-resume: a run SIGKILLed at fixed points (before any checkpoint, inside a step, right after a
+  checkpoint) and resumed with ``--resume auto`` after each ends with the same weights as a run never
+  stopped;
 * two nodes: two ``torchrun --nnodes 2`` processes on 127.0.0.1 agree on losses and parameters, and
   export a model that ``ptr refine`` loads;
 * LoRA from scratch (merged export) and from a checkpoint (adapter export).
@@ -23,6 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ptr.prompts import REFINE_PROMPT
 from ptr.train.checkpoint import load_checkpoint_weights
 from tests.conftest import REPO
 from tests.support.procs import free_port
@@ -154,38 +156,88 @@ def reference(common):
         proc.wait()
 
 
-def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(common, reference):
+# Where the killed run is stopped, in order (one run killed three times, resumed after each), and the
+# step its next run must resume from. Checkpoints every 2 steps.
+KILL_POINTS = {
+    "early": 0,  # after step 1, before any checkpoint: the next run starts fresh
+    "mid_step": 4,  # as step 5 is logged, so inside step 6: back to checkpoint 4, steps 5 and 6 redone
+    "after_checkpoint": 8,  # as soon as checkpoint 8 is complete: nothing is redone
+}
+
+
+def _kill_due(point: str, run_dir: Path) -> bool:
+    if point == "after_checkpoint":
+        return (run_dir / "checkpoints" / "step-00000008" / "trainer_state.json").is_file()
+    path = run_dir / "metrics.jsonl"
+    return path.exists() and path.read_text().count("\n") >= {"early": 1, "mid_step": 5}[point]
+
+
+@pytest.fixture(scope="module")
+def kill_chain(common, reference):
+    """One run SIGKILLed at each of KILL_POINTS in turn, resumed with ``--resume auto`` after each,
+    and finally left to finish: per point, what the run had logged when killed and where the next run
+    resumed. One chain of runs shares the set-up cost among the three points; it starts after the
+    reference run (``reference``), so the two overlap."""
     out = Path(common[5])
     run_dir = out / "killed"
-    kill_after = random.randint(3, 9)  # checkpoints every 2 steps, so at least one is complete
     args = [*common, "--save_name", "killed", "--max_steps", STEPS, "--save_steps", 2]
-    with open(out / "killed.log", "w") as log:
-        proc = subprocess.Popen(
-            train_cmd(*args), stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=REPO, start_new_session=True
-        )
-        try:
-            deadline = time.time() + 600
-            while time.time() < deadline and proc.poll() is None:
-                path = run_dir / "metrics.jsonl"
-                if path.exists() and path.read_text().count("\n") >= kill_after:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    break
-                time.sleep(0.01)
-        finally:
-            returncode = proc.wait(timeout=60)
-    assert returncode == -signal.SIGKILL, f"the run ended ({returncode}) before step {kill_after} was seen"
-    killed_at = len(metrics(run_dir))
-    assert killed_at < STEPS
+    seen, resume = {}, []
+    for point in [*KILL_POINTS, None]:
+        log_path = out / f"killed-{point or 'last'}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                train_cmd(*args, *resume), stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=REPO,
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                deadline = time.time() + 600
+                while point and time.time() < deadline and proc.poll() is None:
+                    if _kill_due(point, run_dir):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        break
+                    time.sleep(0.005)
+            finally:
+                returncode = proc.wait(timeout=600)
+        text = log_path.read_text()
+        if seen:  # where this run picked up after the previous kill
+            previous = list(seen.values())[-1]
+            previous["resumed_at"] = (
+                int(text.split(" at step ")[1].split()[0]) if "resumed from" in text else 0
+            )
+        if point is None:
+            assert returncode == 0, text[-4000:]
+            break
+        seen[point] = {"returncode": returncode, "logged": metrics(run_dir), "log": text}
+        resume = ["--resume", "auto"]
+    return seen
 
-    resumed = run_train(*args, "--resume", "auto")
-    assert f"resumed from {run_dir / 'checkpoints'}" in resumed.stderr
-    restart = int(resumed.stderr.split(" at step ")[1].split()[0])
-    assert 2 <= restart <= killed_at
 
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_run_killed_at_a_fixed_point_resumes_from_its_last_checkpoint(kill_chain, reference, point):
+    got = kill_chain[point]
+    assert got["returncode"] == -signal.SIGKILL, (
+        f"the run ended before the {point} kill:\n{got['log'][-2000:]}"
+    )
+    steps = [r["step"] for r in got["logged"]]
+    if point == "early":
+        assert steps == [1]
+    elif point == "mid_step":
+        assert steps == [1, 2, 3, 4, 5]  # killed within step 6, not between steps
+    else:
+        assert steps[-1] in (8, 9)
+    assert got["resumed_at"] == KILL_POINTS[point]
+    # What the killed run logged is what the uninterrupted run logged at the same steps.
+    want = {r["step"]: r for r in metrics(reference())}
+    for r in got["logged"]:
+        assert r["loss"] == pytest.approx(want[r["step"]]["loss"], abs=1e-6), r["step"]
+
+
+def test_killed_three_times_ends_where_an_uninterrupted_run_ends(kill_chain, reference, common):
+    run_dir = Path(common[5]) / "killed"
     ref = reference()
     assert max_weight_diff(ref / "final", run_dir / "final") <= 1e-6
     got, want = metrics(run_dir), metrics(ref)
-    assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # steps redone after the kill appear once
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # steps redone after a kill appear once
     for a, b in zip(got, want, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["lr"] == pytest.approx(
             b["lr"], abs=1e-12
@@ -243,7 +295,6 @@ def test_two_nodes_agree_on_losses_and_parameters(encoded, tmp_path):
             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
             "-m", "ptr.train", "--model_path", "tiny-random", "--data_path", str(encoded),
             "--output_path", str(tmp_path), "--save_name", "two", "--max_steps", "4", "--save_steps", "2",
-            "--loss_weights", "0.8,0.1,0.1",
         ]  # fmt: skip
         procs.append(
             subprocess.Popen(
@@ -262,8 +313,19 @@ def test_two_nodes_agree_on_losses_and_parameters(encoded, tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4] and records[-1]["loss"] == rank0["loss"]
     # Each step's tokens are summed over both ranks: more than either rank's micro-batches hold alone.
     assert all(r["tokens"] > 0 for r in records)
-    provenance = json.loads((tmp_path / "two" / "final" / "ptr_train.json").read_text())
+    assert "loss weights λ1,λ2,λ3 = 0.8,0.1,0.1 from the corpus" in outputs[0][1]  # encode's ptr weights
+    final = tmp_path / "two" / "final"
+    provenance = json.loads((final / "ptr_train.json").read_text())
     assert provenance["params_sha256"] == rank0["params_sha256"]
+    # What evaluation and serving need to present the model with what it was trained on.
+    assert provenance["refine_prompt"] == REFINE_PROMPT and provenance["loss_weights"] == [0.8, 0.1, 0.1]
+    assert provenance["layout"]["kind"] == "ptr_chat" and provenance["layout"]["chat_template"] is True
+    from ptr.models import load_tokenizer
+
+    eos = json.loads((final / "generation_config.json").read_text())["eos_token_id"]
+    eos = eos if isinstance(eos, list) else [eos]
+    # the chat template's end of turn, where trained answers end
+    assert load_tokenizer(final).convert_tokens_to_ids("<|im_end|>") in eos
 
     from tests.conftest import run_ptr
 
@@ -271,6 +333,21 @@ def test_two_nodes_agree_on_losses_and_parameters(encoded, tmp_path):
                       "--question", "What is 6 * 7?", "--max_new_tokens", "4", "--dtype", "float32")  # fmt: skip
     assert refined.returncode == 0, refined.stderr[-2000:]
     assert "Round 2" in refined.stdout
+
+
+def test_an_answer_only_corpus_trains_with_its_own_weights(corpus, fp32_config, tmp_path):
+    """A corpus encoded as qa carries λ = 1,0,0 in its meta.json; without --loss_weights the run uses
+    them, so its loss is its NLL term alone."""
+    qa = tmp_path / "qa"
+    shutil.copytree(corpus, qa)
+    meta = json.loads((qa / "meta.json").read_text())
+    (qa / "meta.json").write_text(json.dumps({**meta, "loss_weights": [1.0, 0.0, 0.0]}))
+    proc = run_train("--model_path", "tiny-random", "--data_path", qa, "--output_path", tmp_path,
+                     "--deepspeed_config_path", fp32_config, "--save_name", "qa", "--max_steps", 2)  # fmt: skip
+    assert f"loss weights λ1,λ2,λ3 = 1,0,0 from the corpus ({qa}/meta.json)" in proc.stderr
+    records = metrics(tmp_path / "qa")
+    assert all(r["loss"] == pytest.approx(r["nll"], rel=1e-6) and r["consistency"] != 0 for r in records)
+    assert json.loads((tmp_path / "qa" / "final" / "ptr_train.json").read_text())["loss_weights"] == [1, 0, 0]
 
 
 def test_lora_from_scratch_and_from_a_checkpoint(common, reference, tiny_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -167,7 +168,7 @@ def test_collate_pads_with_a_block_of_its_own():
 
 
 def test_flash_attention_gets_document_boundaries_over_the_flattened_batch():
-    from ptr.train.attention import packed_attention_inputs
+    from ptr.train.packed_attention import packed_attention_inputs
 
     batch = _packed_batch()  # rows: docs of 7 and 4 tokens; a doc of 10 tokens and 1 padding token
     mask, extra = packed_attention_inputs("flash_attention_2", batch["doc_ids"], torch.bfloat16)
@@ -183,13 +184,13 @@ def test_flash_attention_gets_document_boundaries_over_the_flattened_batch():
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_path):
     from ptr.models import load_tokenizer
-    from ptr.train.model import load_causal_lm
+    from ptr.train.packed_model import load_causal_lm
 
     return load_causal_lm(tiny_path, "sdpa").eval(), load_tokenizer(tiny_path)
 
 
 def _packed_logits(lm, attn, input_ids, position_ids, doc_ids):
-    from ptr.train.attention import VARLEN_SDPA, cu_seqlens, register
+    from ptr.train.packed_attention import VARLEN_SDPA, cu_seqlens, register
 
     register()
     lm.config._attn_implementation = attn
@@ -233,8 +234,8 @@ def test_varlen_attention_equals_the_block_mask_on_a_padded_batch(tiny_lm):
 
 @pytest.mark.parametrize("attn", ["ptr_varlen_sdpa", "sdpa"])
 def test_objective_of_a_document_is_the_same_alone_and_packed(tiny_lm, attn):
-    from ptr.train.attention import register
-    from ptr.train.model import PackedObjective
+    from ptr.train.packed_attention import register
+    from ptr.train.packed_model import PackedObjective
 
     lm, _ = tiny_lm
     register()
@@ -399,7 +400,7 @@ def test_cli_rejects_a_bad_config_before_training(tmp_path, monkeypatch, capsys)
 
 
 def test_lora_config_unknown_key(tmp_path):
-    from ptr.train.model import lora_config
+    from ptr.train.packed_model import lora_config
 
     path = tmp_path / "lora.json"
     path.write_text(json.dumps({"r": 4, "alpha": 8}))
@@ -407,3 +408,42 @@ def test_lora_config_unknown_key(tmp_path):
         lora_config(str(path), "base")
     path.write_text(json.dumps({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}))
     assert lora_config(str(path), "base").r == 4
+
+
+def test_loss_weights_come_from_the_corpus_unless_given():
+    from ptr.train.config import DEFAULT_LOSS_WEIGHTS, resolve_loss_weights
+
+    qa, ptr_meta = {"loss_weights": [1.0, 0.0, 0.0]}, {"loss_weights": [0.8, 0.1, 0.1]}
+    assert resolve_loss_weights(None, [qa], "c") == ((1.0, 0.0, 0.0), "the corpus (c/meta.json)")
+    assert resolve_loss_weights(None, [qa, dict(qa)], "c")[0] == (1.0, 0.0, 0.0)
+    weights, source = resolve_loss_weights((0.8, 0.1, 0.1), [qa], "c")
+    assert weights == (0.8, 0.1, 0.1) and source == "--loss_weights (over the corpus's 1,0,0)"
+    assert resolve_loss_weights((1.0, 0.0, 0.0), [qa], "c") == ((1.0, 0.0, 0.0), "--loss_weights")
+    assert resolve_loss_weights(None, [{}], "c") == (
+        DEFAULT_LOSS_WEIGHTS,
+        "the default (the corpus names none)",
+    )
+    with pytest.raises(
+        PtrError, match="c: the corpora hold different loss weights .*; choose with --loss_weights"
+    ):
+        resolve_loss_weights(None, [qa, ptr_meta], "c")
+    assert resolve_loss_weights((0.5, 0.25, 0.25), [qa, ptr_meta], "c")[0] == (0.5, 0.25, 0.25)
+
+
+def test_export_ends_generation_at_the_trained_end_of_turn(tiny_lm, tmp_path):
+    """A base model that stops only at <|endoftext|> (as Qwen2-7B does), trained on chat-format answers
+    that end with <|im_end|>: the exported generation config stops at both."""
+    from ptr.train import export
+
+    lm, tokenizer = (copy.deepcopy(x) for x in tiny_lm)
+    tokenizer.eos_token = "<|endoftext|>"
+    lm.generation_config.eos_token_id = endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert endoftext != im_end
+    chat = {"layout": {"kind": "ptr_chat", "end_of_turn_tokens": ["<|im_end|>"]}}
+    assert export.stop_token_ids(tokenizer, lm, chat) == [endoftext, im_end]
+    assert export.stop_token_ids(
+        tokenizer, lm, {"layout": {"kind": "raw_text", "end_of_turn_tokens": []}}
+    ) == [endoftext]
+    out = export.export(lm, tokenizer, tmp_path / "final", stop_tokens=[endoftext, im_end])
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [endoftext, im_end]

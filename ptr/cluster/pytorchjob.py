@@ -22,9 +22,10 @@ from kubernetes import client as k8s
 
 from ptr.cluster import RUN_ID_LABEL
 from ptr.cluster.api import gone, retrying, transient
+from ptr.cluster.api import status as http_status
 from ptr.cluster.names import label_value
+from ptr.cluster.settings import Cluster, Resources
 from ptr.errors import PtrError
-from ptr.pipeline.config import Cluster, Resources
 
 CONTAINER = constants.PYTORCHJOB_CONTAINER  # the operator finds the training container by this name
 JOB_KIND = constants.PYTORCHJOB_KIND
@@ -82,7 +83,11 @@ def _pod_template(container, resources: Resources, cluster: Cluster, labels: dic
         spec=k8s.V1PodSpec(
             containers=[container],
             volumes=volumes or None,
-            service_account_name=cluster.service_account,
+            # the workload account: training code holds no API rights, and no token is mounted
+            service_account_name=cluster.workload_service_account,
+            automount_service_account_token=False,
+            # the images' user; fsGroup makes volumes that support it group-writable for it
+            security_context=k8s.V1PodSecurityContext(run_as_user=1000, run_as_group=1000, fs_group=1000),
             node_selector=cluster.node_selector or None,
             tolerations=[k8s.V1Toleration(**t.model_dump(exclude_none=True)) for t in cluster.tolerations]
             or None,
@@ -158,8 +163,8 @@ def submit(job: models.KubeflowOrgV1PyTorchJob, client) -> None:
     name, namespace = job.metadata.name, job.metadata.namespace
     try:
         client.create_job(job=job, namespace=namespace)
-    except RuntimeError as err:
-        if "AlreadyExists" not in str(err) and "409" not in str(err):
+    except RuntimeError as err:  # the SDK raises it from the ApiException (training_client.create_job, 1.9)
+        if http_status(err) != 409:  # 409 Conflict: AlreadyExists
             raise PtrError(f"cannot create PyTorchJob {namespace}/{name}: {err}") from None
         print(f"PyTorchJob {namespace}/{name} exists from an earlier attempt: replacing it", file=sys.stderr)
         delete(client, name, namespace)

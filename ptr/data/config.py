@@ -6,7 +6,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ptr.errors import PtrError
+from ptr.errors import invalid
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -16,9 +16,7 @@ def build(model: type[M], **values) -> M:
     try:
         return model(**values)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(map(str, first["loc"])) or model.__name__
-        raise PtrError(f"--{where}: {first['msg']}") from None
+        raise invalid(err, flags=True) from None
 
 
 def default(model: type[BaseModel], name: str):

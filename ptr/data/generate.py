@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm import tqdm
 
+from ptr.argv import config_argv
 from ptr.data import outputs
 from ptr.data.cleaning import clean_generated, stops_for
 from ptr.data.config import build, default
-from ptr.data.models import BackendName, ModelPool, parse_spec
+from ptr.data.model_pool import BackendName, ModelPool, parse_spec
 from ptr.errors import PtrError, cli_errors
 from ptr.inference import SamplingParams
 from ptr.jsonl import write_jsonl
@@ -52,6 +54,10 @@ class GenerateConfig(BaseModel):
         if self.model_name is not None and len(self.model_name) != len(self.model_path):
             raise ValueError("give one --model_name per --model_path")
         return self
+
+    def to_argv(self) -> list[str]:
+        """``ptr generate`` flags that give back this config."""
+        return config_argv(self)
 
     def names(self) -> list[str]:
         if self.model_name:
@@ -90,8 +96,6 @@ def run_generate(config: GenerateConfig, *, pool: ModelPool | None = None) -> di
     )
     inputs = [q if config.chat else paper_prompt(q) for q in questions]
     conversations = [[{"role": "user", "content": q}] if config.chat else paper_prompt(q) for q in questions]
-
-    from tqdm import tqdm
 
     written: dict[str, int] = {}
     all_records: list[dict] = []
@@ -153,10 +157,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(args) -> GenerateConfig:
+    return build(GenerateConfig, **vars(args))
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    written = run_generate(build(GenerateConfig, **vars(args)))
+    written = run_generate(config_from_args(parser().parse_args(argv)))
     for uri, n in written.items():
         print(f"wrote {n} records to {uri}", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 from ptr import storage
+from ptr.cache import cache_root
 from ptr.errors import PtrError
 
 
@@ -29,8 +30,6 @@ def staging_path(output: str) -> Path:
             raise PtrError(f"--output_path {output}: is a directory, expected a file path")
         return path
     storage.split_s3(output)  # validates the URI before any work
-    from ptr.models.cache import cache_root
-
     key = hashlib.sha256(output.encode()).hexdigest()[:16]
     return cache_root() / "outputs" / key / Path(output).name
 

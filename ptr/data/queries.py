@@ -17,11 +17,13 @@ from collections import Counter
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ptr.argv import config_argv
 from ptr.data import decontam, outputs
 from ptr.data.config import build, default
 from ptr.data.sources import BUILTIN, read_queries
 from ptr.errors import cli_errors
-from ptr.jsonl import write_json, write_jsonl
+from ptr.files import write_json
+from ptr.jsonl import write_jsonl
 from ptr.records import QUERY_FIELDS
 
 # Reasons a query is dropped, in the order the checks run.
@@ -42,6 +44,10 @@ class QueriesConfig(BaseModel):
     max_words: int = Field(512, ge=1)
     limit: int | None = Field(None, ge=1)
     seed: int = 0
+
+    def to_argv(self) -> list[str]:
+        """``ptr queries`` flags that give back this config."""
+        return config_argv(self, names={"inputs": "input"})
 
     @field_validator("field")
     @classmethod

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import get_args
 
 from ptr.encode.encoder import EncodeConfig, config, encode
+from ptr.encode.overflow import Overflow
 from ptr.errors import cli_errors
 
 
@@ -44,19 +46,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens_per_file", default=_default("tokens_per_file"), help="tokens per shard (5e8)")
     p.add_argument(
         "--overflow",
-        choices=("drop", "truncate"),
+        choices=get_args(Overflow),
         default=_default("overflow"),
-        help="what to do with an example longer than --max_length (counted either way)",
+        help="an example longer than --max_length is dropped, truncated, or (shorten_thoughts) its thoughts "
+        "are shortened to fit, the final answer kept whole; counted either way",
     )
-    p.add_argument("--refine_prompt", default=_default("refine_prompt"), help="user turn between attempts")
+    p.add_argument(
+        "--refine_prompt",
+        help="user turn between attempts (default: the one the records name, as ptr thoughts writes it, "
+        "else the paper's); records that name another stop the run",
+    )
     p.add_argument("--num_proc", type=int, help="worker processes (default: one per core from 4 cores)")
     return p
+
+
+def config_from_args(args) -> EncodeConfig:
+    return config(**vars(args))
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = config(**vars(parser().parse_args(argv)))
+    cfg = config_from_args(parser().parse_args(argv))
     summary = encode(cfg, argv=argv)
     print(json.dumps(summary))
     return 0

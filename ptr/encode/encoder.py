@@ -1,46 +1,45 @@
 """``encode(EncodeConfig) -> summary``: records → chat layout → token ids and segment codes →
 (packed) sequences → shards in ``<output_path>/<corpus_name>/``.
 
-The corpus is built in a hidden staging folder beside its final place and renamed into place only
-when complete (meta.json last), so a failed or killed run publishes nothing: bad input anywhere
-stops the run with ``file:line: field: reason`` and leaves any earlier corpus of that name as it was.
+One run, in named phases: the tokenizer and layout are set up (bad flags fail here), the input is
+found, a staging folder is begun, examples stream through the layout and the tokenizer
+(:mod:`ptr.encode.stream`) into fitted, packed shards, and the summary and meta.json complete the
+corpus, which is then published (:mod:`ptr.encode.staging`). A failed or killed run publishes
+nothing: bad input anywhere stops the run with ``file:line: field: reason`` and leaves any earlier
+corpus of that name as it was.
 """
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing
-import os
-import shutil
 import sys
 import time
-from collections import Counter, deque
-from collections.abc import Iterator
-from itertools import islice
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from tqdm import tqdm
 
 from ptr import storage
+from ptr.argv import config_argv
 from ptr.chat import end_of_turn_tokens
+from ptr.encode import stream
 from ptr.encode.layout import ChatLayout, tokenizer_hash, vocab_size
+from ptr.encode.overflow import Overflow, fit
 from ptr.encode.packing import BestFitPacker
-from ptr.encode.records import Drop, Example, iter_loader, to_example
+from ptr.encode.records import Drop, Example, RefinePrompt, iter_loader, to_example
 from ptr.encode.shards import ANSWER, IGNORE, MAX_THOUGHTS, ShardWriter
-from ptr.errors import InputError, PtrError
-from ptr.jsonl import write_json
-from ptr.procs import pid_alive
-from ptr.prompts import REFINE_PROMPT
-from ptr.records import read_records
+from ptr.encode.staging import Staging
+from ptr.errors import InputError, PtrError, invalid
+from ptr.models import load_tokenizer, resolve
+from ptr.objective import LOSS_WEIGHTS_BY_ENCODING
+from ptr.records import Where, read_records
+from ptr.tracking import stage_run
 
 FORMAT_VERSION = 1
-# Examples per tokenizer batch and per worker task: the fast tokenizer costs less per text in big
-# batches (measured: ~40% more CPU per text in batches of 512 than of 2,000).
-CHUNK = 4096
-# λ1 (answer NLL), λ2 (consistency), λ3 (confidence): DESIGN.md's defaults; the trainer may override.
-DEFAULT_LOSS_WEIGHTS = {"ptr": [0.8, 0.1, 0.1], "qa": [1.0, 0.0, 0.0], "pretrain": [1.0, 0.0, 0.0]}
 
 
 class EncodeConfig(BaseModel):
@@ -58,9 +57,13 @@ class EncodeConfig(BaseModel):
     merge_data: bool = False
     save_dtype: Literal["uint16", "int16", "int32"] | None = None  # None: uint16 if the vocabulary fits
     tokens_per_file: int = Field(int(5e8), gt=0)
-    overflow: Literal["drop", "truncate"] = "drop"
-    refine_prompt: str = REFINE_PROMPT
+    overflow: Overflow = "drop"
+    refine_prompt: str | None = None  # None: the records' own (ptr thoughts writes it), else the paper's
     num_proc: int | None = Field(None, ge=1)  # None: one per core where there are 4 or more
+
+    def to_argv(self) -> list[str]:
+        """``ptr encode`` flags that give back this config."""
+        return config_argv(self)
 
     @field_validator("corpus_name")
     @classmethod
@@ -73,6 +76,10 @@ class EncodeConfig(BaseModel):
     def _has_source(self):
         if not self.input and not self.data_loader_path:
             raise ValueError("give --input (a JSONL file, a folder of them, or s3://) or --data_loader_path")
+        if self.overflow == "shorten_thoughts" and self.encode_type != "ptr":
+            raise ValueError(
+                f"--overflow shorten_thoughts needs thoughts: --encode_type ptr, not {self.encode_type}"
+            )
         return self
 
     @field_validator("tokens_per_file", mode="before")
@@ -90,9 +97,7 @@ def config(**values) -> EncodeConfig:
     try:
         return EncodeConfig(**values)
     except ValidationError as err:
-        first = err.errors()[0]
-        where, message = ".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, ")
-        raise PtrError(f"--{where}: {message}" if where else message) from None
+        raise invalid(err, flags=True) from None
 
 
 # -- dtype ----------------------------------------------------------------------------------------
@@ -113,176 +118,165 @@ def choose_dtype(requested: str | None, vocab: int) -> str:
     return requested
 
 
-# -- worker processes -----------------------------------------------------------------------------
-
-_WORKER_LAYOUT: ChatLayout | None = None
+# -- phase 1: the tokenizer and its chat layout -----------------------------------------------------
 
 
-def _init_worker(layout: ChatLayout) -> None:
-    global _WORKER_LAYOUT
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
-    _WORKER_LAYOUT = layout
+@dataclass
+class TokenizerSetup:
+    model_dir: str
+    tokenizer: object
+    vocab: int
+    dtype: str
+    layout: ChatLayout
+    end_of_turn_ids: frozenset[int]
 
 
-def _encode_in_worker(chunk: list[Example]):
-    return _WORKER_LAYOUT.encode_batch(chunk)
-
-
-def _default_num_proc() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # Below 4 cores the tokenizer's own threads use them better than extra Python processes.
-    return min(cores, 8) if cores >= 4 else 1
-
-
-def _ordered_map(pool, chunks: Iterator[list], ahead: int):
-    """Results in input order, at most ``ahead`` chunks in flight. Reading stays in this thread, so
-    a bad record raises here (not in Pool's feeder thread) and memory stays bounded."""
-    pending: deque = deque()
-    for chunk in chunks:
-        pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
-        if len(pending) >= ahead:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
-def _chunks(examples: Iterator, size: int) -> Iterator[list]:
-    """Batches of ``size`` examples, the first ones smaller (1024, 2048, …) so work starts early."""
-    step = min(1024, size)
-    while batch := list(islice(examples, step)):
-        yield batch
-        step = min(2 * step, size)
-
-
-# -- staging and publishing -----------------------------------------------------------------------
-
-
-def _clear_stale(parent: Path, corpus: str) -> None:
-    """Staging folders of encoders that died (killed, out of memory) are removed."""
-    for path in parent.glob(f".{corpus}.*-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _publish_local(staging: Path, final: Path) -> None:
-    """Swap the finished corpus into place (an earlier one of the same name is replaced)."""
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    if final.exists():
-        os.rename(final, old)
-    os.rename(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _publish_remote(local: Path, uri: str, shards: list[str]) -> None:
-    """Upload shards first and meta.json last, so a reader that waits for meta.json sees all shards."""
-    for name in shards:
-        storage.publish(local / name, f"{uri}/{name}")
-    storage.publish(local / "summary.json", f"{uri}/summary.json")
-    storage.publish(local / "meta.json", f"{uri}/meta.json")
-
-
-# -- the run --------------------------------------------------------------------------------------
-
-
-def _examples(records, cfg: EncodeConfig, counts: Counter) -> Iterator[Example]:
-    for where, record in records:
-        counts["read"] += 1
-        example = to_example(record, where, cfg.encode_type, cfg.refine_prompt)
-        if isinstance(example, Drop):
-            counts[f"dropped:{example}"] += 1
-            continue
-        yield example
-
-
-def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
-    """Encode ``cfg.input`` (or the loader's records) into shards; returns the summary."""
-    from tqdm import tqdm
-
-    from ptr.models import load_tokenizer, resolve
-
-    started = time.perf_counter()
+def setup_tokenizer(cfg: EncodeConfig) -> TokenizerSetup:
+    """Load the tokenizer and check it can do what ``cfg`` asks, before anything is written."""
     model_dir = resolve(cfg.tokenizer_path)
     tokenizer = load_tokenizer(model_dir)
     vocab = vocab_size(tokenizer)
-    dtype = choose_dtype(cfg.save_dtype, vocab)  # refused here, before anything is written
+    dtype = choose_dtype(cfg.save_dtype, vocab)
     if cfg.encode_type != "pretrain" and not tokenizer.chat_template:
         raise PtrError(
             f"tokenizer {cfg.tokenizer_path!r} has no chat template; --encode_type {cfg.encode_type} "
             "lays conversations out with it (use --encode_type pretrain for raw text)"
         )
-    layout = ChatLayout(tokenizer, end_of_turn=end_of_turn_tokens(tokenizer, model_dir))
+    end_of_turn = end_of_turn_tokens(tokenizer, model_dir)
+    ids = frozenset(tokenizer.convert_tokens_to_ids(end_of_turn))
+    return TokenizerSetup(
+        model_dir, tokenizer, vocab, dtype, ChatLayout(tokenizer, end_of_turn=end_of_turn), ids
+    )
+
+
+# -- phase 2: records → examples ------------------------------------------------------------------
+
+
+def open_records(cfg: EncodeConfig) -> Iterator[tuple[Where, dict]]:
+    """The input's records; a missing input fails here, before any folder is made."""
     if cfg.data_loader_path:
-        records = iter_loader(cfg.data_loader_path, str(storage.fetch(cfg.input)) if cfg.input else None)
-    else:
-        records = read_records(cfg.input)  # a missing input fails here, before any folder is made
+        return iter_loader(cfg.data_loader_path, str(storage.fetch(cfg.input)) if cfg.input else None)
+    return read_records(cfg.input)
 
-    remote = storage.is_remote(cfg.output_path)
-    if remote:
-        storage.split_s3(cfg.output_path)
-        parent = storage.cache_root() / "encode" / hashlib.sha256(cfg.output_path.encode()).hexdigest()[:16]
-    else:
-        parent = Path(cfg.output_path)
-    parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale(parent, cfg.corpus_name)
-    staging = parent / f".{cfg.corpus_name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
 
-    counts: Counter = Counter()
-    segment_tokens: Counter = Counter()
-    num_proc = cfg.num_proc or _default_num_proc()
-    pool = None
-    try:
-        writer = ShardWriter(staging, dtype, cfg.tokens_per_file)
-        packer = BestFitPacker(cfg.max_length) if cfg.merge_data else None
-        chunks = _chunks(_examples(records, cfg, counts), CHUNK)
-        if num_proc > 1:
-            pool = multiprocessing.get_context("fork").Pool(num_proc, _init_worker, (layout,))
-            encoded = _ordered_map(pool, chunks, ahead=2 * num_proc)
+@dataclass
+class Tally:
+    """What happened to the records, for summary.json and meta.json."""
+
+    read: int = 0
+    examples: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    truncated: int = 0
+    shortened: int = 0
+    sequences: int = 0
+    documents: int = 0
+    tokens: int = 0
+    segment_tokens: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
+
+
+def examples(records: Iterable[tuple[Where, dict]], cfg: EncodeConfig, refine: RefinePrompt, tally: Tally):
+    for where, record in records:
+        tally.read += 1
+        example = to_example(record, where, cfg.encode_type, refine)
+        if isinstance(example, Drop):
+            tally.dropped[str(example)] += 1
+            continue
+        yield example
+
+
+# -- phase 3: encoded examples → fitted, packed sequences → shards --------------------------------
+
+
+class CorpusWriter:
+    """Fits each encoded example to ``max_length``, packs it (``merge_data``) and writes shards."""
+
+    def __init__(self, directory: Path, cfg: EncodeConfig, setup: TokenizerSetup, tally: Tally):
+        self.cfg, self.tally, self.end_of_turn = cfg, tally, setup.end_of_turn_ids
+        self.shards = ShardWriter(directory, setup.dtype, cfg.tokens_per_file)
+        self.packer = BestFitPacker(cfg.max_length) if cfg.merge_data else None
+
+    def add(self, ids: np.ndarray, segments: np.ndarray) -> None:
+        fitted = fit(ids, segments, self.cfg.max_length, self.cfg.overflow, self.end_of_turn)
+        tally = self.tally
+        if fitted.dropped:
+            tally.dropped[fitted.dropped] += 1
+            return
+        tally.truncated += fitted.truncated
+        tally.shortened += fitted.shortened
+        if not fitted.segments.any():
+            tally.dropped["no_loss_tokens"] += 1
+            return
+        tally.examples += 1
+        if self.packer is None:
+            self._write(fitted.ids, fitted.segments, [len(fitted.ids)])
         else:
-            encoded = map(layout.encode_batch, chunks)
-        with tqdm(desc=f"encode {cfg.corpus_name}", unit="ex", file=sys.stderr, mininterval=2) as bar:
-            for results in encoded:
-                for result in results:
-                    if isinstance(result, InputError):
-                        raise result
-                    for seq in _sequences(result, cfg, packer, counts):
-                        _write(writer, seq, counts, segment_tokens)
-                bar.update(len(results))
-            if packer is not None:
-                for seq in packer.finish():
-                    _write(writer, seq, counts, segment_tokens)
-        if not counts["examples"]:
-            dropped = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("dropped:")}
-            raise PtrError(f"nothing to encode: {counts['read']} records read, dropped {dropped or 'none'}")
-        shards = writer.close()
-        summary = _summary(cfg, counts, segment_tokens, shards, time.perf_counter() - started)
-        meta = _meta(cfg, tokenizer, model_dir, vocab, dtype, counts, summary, argv, layout)
-        for name, obj in (("summary.json", summary), ("meta.json", meta)):  # meta last: it marks completion
-            write_json(staging / name, obj)
-            os.chmod(staging / name, 0o644)  # readable by the trainer's user, like the shards
-        final = parent / cfg.corpus_name
-        _publish_local(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        if pool is not None:
-            pool.terminate()
-    summary["path"] = f"{cfg.output_path.rstrip('/')}/{cfg.corpus_name}" if remote else str(final)
+            for seq in self.packer.add(fitted.ids, fitted.segments):
+                self._write(*seq)
+
+    def _write(self, tokens: np.ndarray, segments: np.ndarray, doc_lens: list[int]) -> None:
+        self.shards.add(tokens, segments, doc_lens)
+        self.tally.sequences += 1
+        self.tally.documents += len(doc_lens)
+        self.tally.tokens += len(tokens)
+        self.tally.segment_tokens += np.bincount(segments, minlength=256)
+
+    def close(self) -> list[str]:
+        if self.packer is not None:
+            for seq in self.packer.finish():
+                self._write(*seq)
+        return self.shards.close()
+
+
+def write_corpus(
+    directory: Path, examples: Iterable[Example], setup: TokenizerSetup, cfg: EncodeConfig, tally: Tally
+) -> list[str]:
+    """Stream the examples through the layout and the tokenizer into shards; returns the shard names."""
+    writer = CorpusWriter(directory, cfg, setup, tally)
+    num_proc = cfg.num_proc or stream.default_num_proc()
+    with tqdm(desc=f"encode {cfg.corpus_name}", unit="ex", file=sys.stderr, mininterval=2) as bar:
+        for results in stream.encoded(examples, setup.layout, num_proc):
+            for result in results:
+                if isinstance(result, InputError):
+                    raise result
+                writer.add(*result)
+            bar.update(len(results))
+    if not tally.examples:
+        raise PtrError(
+            f"nothing to encode: {tally.read} records read, dropped {dict(tally.dropped) or 'none'}"
+        )
+    return writer.close()
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def encode(cfg: EncodeConfig, *, argv: list[str] | None = None) -> dict:
+    """Encode ``cfg.input`` (or the loader's records) into shards; returns the summary."""
+    started = time.perf_counter()
+    setup = setup_tokenizer(cfg)
+    records = open_records(cfg)
+    staging = Staging(cfg.output_path, cfg.corpus_name)
+    tally, refine = Tally(), RefinePrompt(cfg.refine_prompt)
+    directory = staging.begin()
     try:
-        if remote:
-            _publish_remote(final, summary["path"], shards)
-        _track(cfg, summary, meta, final)
+        shards = write_corpus(directory, examples(records, cfg, refine, tally), setup, cfg, tally)
+        summary = make_summary(cfg, tally, shards, time.perf_counter() - started)
+        meta = make_meta(cfg, setup, tally, summary, argv, refine)
+        staging.complete(summary, meta)
+    except BaseException:
+        staging.abort()
+        raise
+    summary["path"] = staging.uri
+    try:
+        if staging.remote:
+            staging.upload(shards)
+        _track(cfg, summary, meta, staging.final)
     finally:
-        if remote:  # the store holds the corpus now: no second copy left in the cache
-            shutil.rmtree(final, ignore_errors=True)
+        staging.drop_local_copy()
     return summary
 
 
 def _track(cfg: EncodeConfig, summary: dict, meta: dict, corpus: Path) -> None:
-    from ptr.tracking import stage_run
-
     tags = {"ptr.tokenizer_hash": meta["tokenizer"]["hash"]}
     with stage_run("encode", params=cfg.model_dump(), tags=tags) as run:
         run.log_metrics({f"encode.{k}": v for k, v in summary.items() if isinstance(v, int | float)})
@@ -293,54 +287,29 @@ def _track(cfg: EncodeConfig, summary: dict, meta: dict, corpus: Path) -> None:
         run.log_dataset(summary["path"], name=cfg.corpus_name, context="encoded")
 
 
-def _sequences(result, cfg: EncodeConfig, packer, counts: Counter):
-    ids, segments = result
-    if len(ids) > cfg.max_length:
-        if cfg.overflow == "drop":
-            counts["dropped:too_long"] += 1
-            return
-        ids, segments = ids[: cfg.max_length], segments[: cfg.max_length]
-        counts["truncated"] += 1
-    if not segments.any():
-        counts["dropped:no_loss_tokens"] += 1
-        return
-    counts["examples"] += 1
-    if packer is None:
-        yield ids, segments, [len(ids)]
-    else:
-        yield from packer.add(ids, segments)
-
-
-def _write(writer: ShardWriter, seq, counts: Counter, segment_tokens: Counter) -> None:
-    tokens, segments, doc_lens = seq
-    writer.add(tokens, segments, doc_lens)
-    counts["sequences"] += 1
-    counts["documents"] += len(doc_lens)
-    counts["tokens"] += len(tokens)
-    values, freq = np.unique(segments, return_counts=True)
-    for v, n in zip(values.tolist(), freq.tolist(), strict=True):
-        segment_tokens[v] += n
+# -- summary.json and meta.json -------------------------------------------------------------------
 
 
 def _segment_name(code: int) -> str:
     return "ignore" if code == IGNORE else "answer" if code == ANSWER else f"thought_{code}"
 
 
-def _summary(cfg, counts: Counter, segment_tokens: Counter, shards: list[str], seconds: float) -> dict:
-    tokens = counts["tokens"]
-    dropped = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("dropped:")}
+def make_summary(cfg: EncodeConfig, tally: Tally, shards: list[str], seconds: float) -> dict:
+    tokens = tally.tokens
+    by_segment = {_segment_name(c): int(n) for c, n in enumerate(tally.segment_tokens.tolist()) if n}
     return {
-        "records": counts["read"],
-        "examples": counts["examples"],
-        "dropped": dropped,
-        "truncated": counts["truncated"],
-        "sequences": counts["sequences"],
+        "records": tally.read,
+        "examples": tally.examples,
+        "dropped": dict(sorted(tally.dropped.items())),
+        "truncated": tally.truncated,
+        "thoughts_shortened": tally.shortened,
+        "sequences": tally.sequences,
         "tokens": tokens,  # without padding: the shards hold none
-        "loss_tokens": tokens - segment_tokens[IGNORE],
-        "tokens_by_segment": {_segment_name(c): n for c, n in sorted(segment_tokens.items())},
+        "loss_tokens": tokens - int(tally.segment_tokens[IGNORE]),
+        "tokens_by_segment": by_segment,
         # Filled share of max_length sequences (packed runs only).
-        "packing_efficiency": round(tokens / (counts["sequences"] * cfg.max_length), 4)
-        if cfg.merge_data and counts["sequences"]
+        "packing_efficiency": round(tokens / (tally.sequences * cfg.max_length), 4)
+        if cfg.merge_data and tally.sequences
         else None,
         "shards": len(shards),
         "seconds": round(seconds, 3),
@@ -348,21 +317,22 @@ def _summary(cfg, counts: Counter, segment_tokens: Counter, shards: list[str], s
     }
 
 
-def _meta(cfg, tokenizer, model_dir, vocab, dtype, counts, summary, argv, layout: ChatLayout) -> dict:
+def make_meta(cfg, setup: TokenizerSetup, tally: Tally, summary: dict, argv, refine: RefinePrompt) -> dict:
     chat = cfg.encode_type != "pretrain"
+    tokenizer = setup.tokenizer
     return {
         "format_version": FORMAT_VERSION,
         "corpus_name": cfg.corpus_name,
         "encode_type": cfg.encode_type,
         "tokenizer": {
             "name": str(cfg.tokenizer_path),
-            "path": str(model_dir),
+            "path": str(setup.model_dir),
             "hash": tokenizer_hash(tokenizer),
-            "vocab_size": vocab,
+            "vocab_size": setup.vocab,
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
         },
-        "dtype": dtype,
+        "dtype": setup.dtype,
         "max_length": cfg.max_length,
         "packing": {
             "merge_data": cfg.merge_data,
@@ -375,17 +345,18 @@ def _meta(cfg, tokenizer, model_dir, vocab, dtype, counts, summary, argv, layout
         "layout": {
             "kind": {"ptr": "ptr_chat", "qa": "chat", "pretrain": "raw_text"}[cfg.encode_type],
             "chat_template": chat,
-            "refine_prompt": cfg.refine_prompt if cfg.encode_type == "ptr" else None,
-            "end_of_turn_tokens": layout.end_of_turn if chat else [],
+            # The refine turn the corpus was laid out with (the trainer records it with the model).
+            "refine_prompt": refine.value if cfg.encode_type == "ptr" else None,
+            "end_of_turn_tokens": setup.layout.end_of_turn if chat else [],
             "segment_codes": {"ignore": IGNORE, "answer": ANSWER, "thought": [1, MAX_THOUGHTS]},
         },
-        "loss_weights": DEFAULT_LOSS_WEIGHTS[cfg.encode_type],
+        "loss_weights": list(LOSS_WEIGHTS_BY_ENCODING[cfg.encode_type]),
         "counts": {
-            "records": counts["read"],
-            "examples": counts["examples"],
-            "sequences": counts["sequences"],
-            "documents": counts["documents"],
-            "tokens": counts["tokens"],
+            "records": tally.read,
+            "examples": tally.examples,
+            "sequences": tally.sequences,
+            "documents": tally.documents,
+            "tokens": tally.tokens,
             "shards": summary["shards"],
         },
         "config": cfg.model_dump(),

@@ -28,7 +28,7 @@ import numpy as np
 from ptr.encode.records import Example
 from ptr.encode.shards import ANSWER, IGNORE
 from ptr.encode.template import content_agnostic
-from ptr.errors import PtrError
+from ptr.errors import InputError, PtrError
 
 OPEN, CLOSE = "\ue000", "\ue001"
 _MARKERS = re.compile(f"[{OPEN}{CLOSE}]")
@@ -123,60 +123,87 @@ class ChatLayout:
             cursor = start + len(m["content"])
         return text, spans
 
-    def _loss_spans(self, text: str, spans, codes) -> list[tuple[int, int, int]]:
-        """``(start, end, code)`` character spans: assistant contents through their end-of-turn."""
+    def _loss_spans(self, text: str, spans, codes, open_ends=()) -> list[tuple[int, int, int]]:
+        """``(start, end, code)`` character spans: assistant contents through their end-of-turn (a cut
+        message's span stops at its content: its end-of-turn gets no weight)."""
         out = []
         for k, ((start, end), code) in enumerate(zip(spans, codes, strict=True)):
             if code == IGNORE:
                 continue
             limit = spans[k + 1][0] if k + 1 < len(spans) else len(text)
-            if self.eot is not None and (m := self.eot.search(text, end, limit)):
+            if self.eot is not None and k not in open_ends and (m := self.eot.search(text, end, limit)):
                 end = m.end()
             out.append((start, end, code))
         return out
 
-    # -- encoding -----------------------------------------------------------------------------------
+    # -- encoding: three phases, so a caller can run the tokenizer (which releases the GIL) beside
+    # -- the Python work of the batches before and after -------------------------------------------
 
-    def encode_batch(self, examples: list[Example]) -> list[tuple[np.ndarray, np.ndarray] | str]:
+    def prepare(self, examples: list[Example]) -> Batch:
+        """Render every chat example and find its loss spans (Python work)."""
+        batch = Batch(examples)
+        for i, ex in enumerate(examples):
+            if ex.text is not None:
+                batch.raw.append(i)
+                continue
+            try:
+                text, spans = self.render(ex.messages)
+            except Exception as err:  # jinja raise_exception, a role order the template refuses
+                batch.results[i] = ex.where.error(f"chat template: {err}")
+                continue
+            batch.chat.append(i)
+            batch.texts.append(text)
+            batch.spans.append(self._loss_spans(text, spans, ex.codes, ex.open_ends))
+        return batch
+
+    def tokenize(self, batch: Batch) -> Batch:
+        """The fast tokenizer over the whole batch (Rust, in parallel, without the GIL)."""
+        if batch.texts:
+            batch.encodings = self.backend.encode_batch(batch.texts, add_special_tokens=False)
+        if batch.raw:
+            texts = [batch.examples[i].text for i in batch.raw]
+            batch.raw_encodings = self.backend.encode_batch(texts, add_special_tokens=True)
+        return batch
+
+    def finish(self, batch: Batch) -> list[tuple[np.ndarray, np.ndarray] | InputError]:
         """Per example ``(ids int32, segments uint8)``, or the :class:`InputError` that example raised
         (it pickles, so worker processes hand it back whole)."""
-        results: list = [None] * len(examples)
-        chats, raws = [], []
-        for i, ex in enumerate(examples):
-            (raws if ex.text is not None else chats).append(i)
-        if chats:
-            texts, all_spans = [], []
-            for i in chats:
-                ex = examples[i]
-                try:
-                    text, spans = self.render(ex.messages)
-                except Exception as err:  # jinja raise_exception, a role order the template refuses
-                    results[i] = ex.where.error(f"chat template: {err}")
-                    texts.append("")
-                    all_spans.append([])
-                    continue
-                texts.append(text)
-                all_spans.append(self._loss_spans(text, spans, ex.codes))
-            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
-            for i, enc, spans in zip(chats, encodings, all_spans, strict=True):
-                if results[i] is not None:
-                    continue
-                ids = np.asarray(enc.ids, dtype=np.int32)
-                segments = np.zeros(len(ids), dtype=np.uint8)
-                for start, end, code in spans:
-                    first, last = _token_at(enc, start, end, 1), _token_at(enc, end - 1, start - 1, -1)
-                    if first is not None and last is not None and first <= last:
-                        segments[first : last + 1] = code
-                results[i] = (ids, segments)
-        if raws:
-            encodings = self.backend.encode_batch([examples[i].text for i in raws], add_special_tokens=True)
-            for i, enc in zip(raws, encodings, strict=True):
-                ids = enc.ids
-                if self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
-                    ids = [*ids, self.eos_id]  # documents end with EOS, so packed ones stay apart
-                ids = np.asarray(ids, dtype=np.int32)
-                results[i] = (ids, np.full(len(ids), ANSWER, dtype=np.uint8))
+        results = batch.results
+        for i, enc, spans in zip(batch.chat, batch.encodings, batch.spans, strict=True):
+            ids = np.asarray(enc.ids, dtype=np.int32)
+            segments = np.zeros(len(ids), dtype=np.uint8)
+            for start, end, code in spans:
+                first, last = _token_at(enc, start, end, 1), _token_at(enc, end - 1, start - 1, -1)
+                if first is not None and last is not None and first <= last:
+                    segments[first : last + 1] = code
+            results[i] = (ids, segments)
+        for i, enc in zip(batch.raw, batch.raw_encodings, strict=True):
+            ids = enc.ids
+            if self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
+                ids = [*ids, self.eos_id]  # documents end with EOS, so packed ones stay apart
+            ids = np.asarray(ids, dtype=np.int32)
+            results[i] = (ids, np.full(len(ids), ANSWER, dtype=np.uint8))
         return results
+
+    def encode_batch(self, examples: list[Example]) -> list[tuple[np.ndarray, np.ndarray] | InputError]:
+        """:meth:`prepare`, :meth:`tokenize` and :meth:`finish` in one call (what a worker process runs)."""
+        return self.finish(self.tokenize(self.prepare(examples)))
+
+
+class Batch:
+    """One batch on its way through :class:`ChatLayout`'s phases."""
+
+    __slots__ = ("chat", "encodings", "examples", "raw", "raw_encodings", "results", "spans", "texts")
+
+    def __init__(self, examples: list[Example]):
+        self.examples = examples
+        self.results: list = [None] * len(examples)
+        self.chat: list[int] = []  # indices of chat examples, in order, with their texts and spans
+        self.texts: list[str] = []
+        self.spans: list[list[tuple[int, int, int]]] = []
+        self.raw: list[int] = []  # indices of raw-text (pretrain) examples
+        self.encodings: list = []
+        self.raw_encodings: list = []
 
 
 def _splice(skeleton: list[str], contents: list[str]) -> tuple[str, list[tuple[int, int]]]:

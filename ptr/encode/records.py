@@ -14,20 +14,25 @@ from pathlib import Path
 
 from ptr.encode.shards import ANSWER, IGNORE, MAX_THOUGHTS
 from ptr.errors import PtrError
+from ptr.prompts import REFINE_PROMPT
 from ptr.records import Where, is_paper_record, paper_outputs, query_text
 
 ANSWER_KEYS = ("a", "answer", "output", "response")
 ROLES = ("system", "user", "assistant")
 
 
-@dataclass
+@dataclass(slots=True)
 class Example:
-    """One document to encode: chat ``messages`` with a segment code per message, or raw ``text``."""
+    """One document to encode: chat ``messages`` with a segment code per message, or raw ``text``.
+
+    ``open_ends`` are the messages that were cut (a thought generated up to its token limit): their
+    end-of-turn token gets no weight, so the model never learns to stop where a cut happened."""
 
     where: Where  # for error messages
     messages: list[dict] | None = None
     codes: list[int] | None = None
     text: str | None = None
+    open_ends: tuple[int, ...] = ()
 
 
 class Drop(str):
@@ -94,13 +99,23 @@ def iter_loader(loader_path, input_path: str | None) -> Iterator[tuple[Where, di
 
 def _text(value, where: Where, field: str):
     """A stripped string, or None for an empty one (the record is then dropped, not an error)."""
+    return _turn(value, where, field)[0]
+
+
+def _turn(value, where: Where, field: str) -> tuple[str | None, bool]:
+    """``(stripped text or None, cut)``: a string, or an object ``{text, finish_reason}`` as ``ptr
+    thoughts`` writes it; ``cut`` when generation stopped at its token limit (finish_reason length)."""
+    cut = False
     if isinstance(value, dict):
         if "text" not in value:
             raise where.error("expected a string or an object with 'text'", field)
-        value, field = value["text"], f"{field}.text"
+        reason = value.get("finish_reason")
+        if reason is not None and not isinstance(reason, str):
+            raise where.error(f"must be a string, got {type(reason).__name__}", f"{field}.finish_reason")
+        value, field, cut = value["text"], f"{field}.text", reason == "length"
     if not isinstance(value, str):
         raise where.error(f"must be a string, got {type(value).__name__}", field)
-    return value.strip() or None
+    return value.strip() or None, cut
 
 
 def _kept(record: dict, where: Where) -> bool:
@@ -121,10 +136,38 @@ def _query(record: dict, where: Where) -> str | None:
     return query_text(record, where)[1].strip() or None
 
 
+class RefinePrompt:
+    """The refine turn every PTR example is laid out with: ``--refine_prompt`` when given, else the one
+    the records name (``ptr thoughts`` writes the prompt its weak models answered), else the paper's.
+    One corpus has one: a record that names another stops the run at ``file:line: refine_prompt``."""
+
+    def __init__(self, explicit: str | None = None):
+        self.value = explicit
+        self.source = "--refine_prompt" if explicit is not None else ""
+
+    def for_record(self, record: dict, where: Where) -> str:
+        named = record.get("refine_prompt")
+        if named is None:
+            if self.value is None:
+                self.value, self.source = REFINE_PROMPT, f"the default, as {where} names none"
+            return self.value
+        if not isinstance(named, str) or not named.strip():
+            raise where.error("must be a non-empty string", "refine_prompt")
+        if self.value is None:
+            self.value, self.source = named, f"as {where} names it"
+        elif named != self.value:
+            raise where.error(
+                f"{named!r} differs from the prompt this corpus is laid out with, {self.value!r} "
+                f"({self.source}); encode records of one refine prompt together",
+                "refine_prompt",
+            )
+        return named
+
+
 def _ptr_parts(record: dict, where: Where):
-    """``(query, [thought texts], answer)``, each stripped (None where empty)."""
+    """``(query, [(thought text, cut)], (answer text, cut))``, texts stripped (None where empty)."""
     if is_paper_record(record):  # the paper's released sample: output1..outputN, the last is the answer
-        outputs = [text.strip() or None for text in paper_outputs(record, where)]
+        outputs = [(text.strip() or None, False) for text in paper_outputs(record, where)]
         return _query(record, where), outputs[:-1], outputs[-1]
     if "thoughts" not in record and "answer" not in record:
         raise where.error(
@@ -142,28 +185,36 @@ def _ptr_parts(record: dict, where: Where):
         if len(set(rounds)) != len(rounds):
             raise where.error(f"repeated rounds {rounds}", "thoughts")
         thoughts = [t for _, t in sorted(zip(rounds, thoughts, strict=True), key=lambda p: p[0])]
-    texts = [_text(t, where, f"thoughts[{i}]") for i, t in enumerate(thoughts)]
-    return query, texts, _text(record["answer"], where, "answer")
+    turns = [_turn(t, where, f"thoughts[{i}]") for i, t in enumerate(thoughts)]
+    return query, turns, _turn(record["answer"], where, "answer")
 
 
-def ptr_example(record: dict, where: Where, refine_prompt: str) -> Example | Drop:
-    """query; thought 1; refine; thought 2; …; refine; final answer — codes t for thought t."""
+def ptr_example(record: dict, where: Where, refine: RefinePrompt) -> Example | Drop:
+    """query; thought 1; refine; thought 2; …; refine; final answer — codes t for thought t.
+
+    A cut thought keeps its place but its end-of-turn gets no weight; a cut final answer drops the
+    record (``answer_truncated``): the model must never learn to end an answer where a limit cut it."""
     if not _kept(record, where):
         return Drop("not_kept")
-    query, thoughts, answer = _ptr_parts(record, where)
+    query, thoughts, (answer, answer_cut) = _ptr_parts(record, where)
     if len(thoughts) > MAX_THOUGHTS:
         raise where.error(
             f"{len(thoughts)} thoughts; at most {MAX_THOUGHTS} fit the segment codes", "thoughts"
         )
-    if query is None or answer is None or any(t is None for t in thoughts):
+    if query is None or answer is None or any(text is None for text, _ in thoughts):
         return Drop("empty_text")
-    messages, codes = [{"role": "user", "content": query}], [IGNORE]
-    for t, thought in enumerate(thoughts, 1):
+    if answer_cut:
+        return Drop("answer_truncated")
+    refine_prompt = refine.for_record(record, where)
+    messages, codes, open_ends = [{"role": "user", "content": query}], [IGNORE], []
+    for t, (thought, cut) in enumerate(thoughts, 1):
+        if cut:
+            open_ends.append(len(messages))
         messages += [{"role": "assistant", "content": thought}, {"role": "user", "content": refine_prompt}]
         codes += [t, IGNORE]
     messages.append({"role": "assistant", "content": answer})
     codes.append(ANSWER)
-    return Example(where, messages=messages, codes=codes)
+    return Example(where, messages=messages, codes=codes, open_ends=tuple(open_ends))
 
 
 def qa_example(record: dict, where: Where) -> Example | Drop:
@@ -190,9 +241,11 @@ def qa_example(record: dict, where: Where) -> Example | Drop:
         return Example(where, messages=out, codes=codes)
     query = _query(record, where)
     akey, answer = _pick(record, ANSWER_KEYS, where, "an answer")
-    answer = _text(answer, where, akey)
+    answer, cut = _turn(answer, where, akey)
     if query is None or answer is None:
         return Drop("empty_text")
+    if cut:
+        return Drop("answer_truncated")
     messages = [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]
     codes = [IGNORE, ANSWER]
     if record.get("system") is not None:
@@ -212,9 +265,9 @@ def pretrain_example(record: dict, where: Where) -> Example | Drop:
     return Example(where, text=text) if text.strip() else Drop("empty_text")
 
 
-def to_example(record: dict, where: Where, encode_type: str, refine_prompt: str) -> Example | Drop:
+def to_example(record: dict, where: Where, encode_type: str, refine: RefinePrompt) -> Example | Drop:
     if encode_type == "ptr":
-        return ptr_example(record, where, refine_prompt)
+        return ptr_example(record, where, refine)
     if encode_type == "qa":
         return qa_example(record, where)
     return pretrain_example(record, where)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ptr.errors import PtrError
+
 IGNORE = 0
 ANSWER = 255
 MAX_THOUGHTS = 254
@@ -110,8 +112,6 @@ def _corpus_dirs(path: Path) -> list[Path]:
         else []
     )
     if not found:
-        from ptr.errors import PtrError
-
         raise PtrError(
             f"{path}: no encoded corpus here (a folder with meta.json, or a folder of such folders)"
         )
@@ -141,8 +141,6 @@ class ShardDataset:
                 starts.append(starts[-1] + len(arrays["seq_offsets"]) - 1)
         hashes = {m.get("tokenizer", {}).get("hash") for m in self.metas}
         if len(hashes) > 1:
-            from ptr.errors import PtrError
-
             raise PtrError(
                 f"{self.path}: corpora were encoded with different tokenizers ({sorted(map(str, hashes))})"
             )

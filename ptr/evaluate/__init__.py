@@ -5,9 +5,9 @@
 """
 
 from ptr.evaluate.config import EvalConfig, TaskConfig, load_task_configs
-from ptr.evaluate.registry import expand_tasks, get_task, register_task, task_names
 from ptr.evaluate.results import EvalResults, TaskResult
 from ptr.evaluate.runner import evaluate, score_predictions
+from ptr.evaluate.task_registry import expand_tasks, get_task, register_task, task_names
 
 __all__ = [
     "EvalConfig",

@@ -16,8 +16,13 @@ from pathlib import Path
 # the cores are shared (a CI runner, a pod with a CPU quota); sleeping threads cost little here.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ptr.errors import PtrError, cli_errors  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from ptr.errors import PtrError, cli_errors, invalid  # noqa: E402
 from ptr.evaluate.config import FORMAT_TYPES, MODEL_TYPES, EvalConfig, default_model_name, load_task_configs  # noqa: E402
+from ptr.evaluate.results import plot_scores, summary_markdown, summary_table  # noqa: E402
+from ptr.evaluate.runner import evaluate, score_predictions, served_model_name  # noqa: E402
+from ptr.files import atomic_path  # noqa: E402
 from ptr.inference.cli import add_engine_memory_args  # noqa: E402
 
 
@@ -132,21 +137,13 @@ def _config(args, model_name: str | None, model_path: str, task_configs, several
             bootstrap=args.bootstrap,
             plot=not args.no_plot,
         )
-    except Exception as err:  # pydantic's message names the field
-        from pydantic import ValidationError
-
-        if isinstance(err, ValidationError):
-            first = err.errors()[0]
-            raise PtrError(f"--{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-        raise
+    except ValidationError as err:
+        raise invalid(err, flags=True) from None
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from ptr.evaluate.results import summary_markdown, summary_table
-    from ptr.evaluate.runner import evaluate, score_predictions
-
     if args.rounds < 1:
         raise PtrError("--rounds must be >= 1")
     if args.data_dir and not Path(args.data_dir).is_dir():
@@ -172,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if not args.model_path and args.model_type in ("openai", "kserve") and args.endpoint:
-        from ptr.evaluate.runner import served_model_name
-
         args.model_path = [served_model_name(args.model_type, args.endpoint)]  # the server's only model
     if not args.model_path:
         raise PtrError("--model_path is required (or --score_only with --predictions)")
@@ -186,13 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         all_results.append(results)
         print(f"wrote {results.output_dir}", file=sys.stderr)
     if several:  # side by side
-        from ptr.jsonl import atomic_path
-
         out = Path(args.output_path) / (f"{args.save_name}_summary.md" if args.save_name else "summary.md")
         with atomic_path(out) as tmp:
             tmp.write_text(summary_markdown(all_results), encoding="utf-8")
-        from ptr.evaluate.results import plot_scores
-
         if not args.no_plot:
             plot_scores(all_results, out.with_suffix(".png"))
     print(summary_table(all_results))

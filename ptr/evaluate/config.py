@@ -16,7 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ptr.errors import InputError, PtrError
+from ptr.errors import InputError, PtrError, field_path, problems
+from ptr.evaluate.task_registry import canonical_name, task_names
 from ptr.inference import BACKENDS, BackendOptions
 
 MODEL_TYPES = BACKENDS
@@ -70,7 +71,7 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(default=16, ge=1)
     dtype: str = "auto"
     kv_cache_gib: float | None = Field(default=BackendOptions.kv_cache_gib, gt=0)  # vllm: its memory
-    gpu_memory_share: float = Field(default=BackendOptions.gpu_memory_share, gt=0, le=1)
+    gpu_memory_share: float | None = Field(default=BackendOptions.gpu_memory_share, gt=0, le=1)
     embedding_model: str = "minilm"
     bootstrap: int = Field(default=1000, ge=10)
     plot: bool = True
@@ -89,8 +90,6 @@ def default_model_name(model_path: str) -> str:
 
 def load_task_configs(path) -> dict[str, TaskConfig]:
     """Read ``config.json``; errors name the file and the task/field."""
-    from ptr.evaluate.registry import canonical_name, task_names
-
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "no such file")
@@ -120,9 +119,8 @@ def load_task_configs(path) -> dict[str, TaskConfig]:
         try:
             out[name] = TaskConfig.model_validate(value)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in (name, *first["loc"]))
-            raise InputError(path, None, first["msg"], field=where) from None
+            loc, reason = problems(err)[0]
+            raise InputError(path, None, reason, field=field_path((name, *loc))) from None
     return out
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from ptr.evaluate.metrics import round_table
 from ptr.evaluate.task import Doc, Scored
-from ptr.jsonl import write_json, write_jsonl
+from ptr.files import atomic_path, write_json
+from ptr.jsonl import write_jsonl
+from ptr.tracking.plots import score_vs_round
 
 
 @dataclass
@@ -183,9 +185,6 @@ def plot_scores(results: list[EvalResults], path: Path) -> Path | None:
     ]
     if not tables:
         return None
-    from ptr.jsonl import atomic_path
-    from ptr.tracking.plots import score_vs_round
-
     with atomic_path(path, suffix=".png") as tmp:
         score_vs_round(tables, tmp)
     return path

@@ -10,9 +10,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
+from ptr import tracking
 from ptr.errors import InputError, PtrError
 from ptr.evaluate.config import EvalConfig, TaskConfig
-from ptr.evaluate.registry import expand_tasks, get_task
 from ptr.evaluate.results import (
     EvalResults,
     plot_scores,
@@ -22,6 +24,8 @@ from ptr.evaluate.results import (
     write_task_files,
 )
 from ptr.evaluate.task import Doc, Task
+from ptr.evaluate.task_registry import expand_tasks, get_task
+from ptr.files import atomic_path
 from ptr.inference import (
     Backend,
     BackendOptions,
@@ -136,10 +140,6 @@ def _run_params(config: EvalConfig, refine_prompt: str | None) -> dict:
 def evaluate(config: EvalConfig, backend=None) -> EvalResults:
     """Evaluate one model: every task, ``config.rounds`` rounds, files under
     ``<output_path>/<save_name>/``, metrics and files tracked in MLflow when it is configured."""
-    from tqdm import tqdm
-
-    from ptr import tracking
-
     tasks = build_tasks(config)
     docs = {t.name: t.docs() for t in tasks}  # bad data fails here, before the model loads
     for task in tasks:
@@ -188,8 +188,6 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
 
 def finish(results: EvalResults, plot: bool, note: str = "") -> None:
     """Write summary.md (and the plot) beside the task files."""
-    from ptr.jsonl import atomic_path
-
     path = results.output_dir / "summary.md"
     with atomic_path(path) as tmp:
         tmp.write_text(summary_markdown([results], note), encoding="utf-8")

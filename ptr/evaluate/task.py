@@ -1,7 +1,7 @@
 """What a task is: a loader, a prompt (0-shot or k-shot, plain or chat), answer extraction and a metric.
 
 A task module subclasses :class:`Task` (or :class:`MultipleChoiceTask`, :class:`NumericTask`) and
-registers it with :func:`ptr.evaluate.registry.register_task`; the runner knows nothing else about it.
+registers it with :func:`ptr.evaluate.task_registry.register_task`; the runner knows nothing else about it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ptr.errors import InputError, PtrError
+from ptr.errors import InputError, PtrError, describe
 from ptr.evaluate.config import TaskConfig
 from ptr.evaluate.extract import extract_choice, final_number, letters, numbers, same_number
 from ptr.inference.types import Conversation
@@ -55,6 +55,9 @@ class Task:
     # (path, config name, split) on the Hugging Face hub, for runs without a data folder.
     hub: ClassVar[tuple[str, str | None, str] | None] = None
     needs_data: ClassVar[bool] = True
+    # The folder it reads under a data folder laid out like ../shared/data ("": the task's name, set
+    # when it registers; None: it needs no data files, which the pipeline then does not look for).
+    data_folder: ClassVar[str | None] = ""
     Options: ClassVar[type[BaseModel]] = NoOptions
     # The fields of ``Doc.data`` that scoring reads (saved with each prediction as ``doc``).
     doc_fields: ClassVar[tuple[str, ...]] = ()
@@ -71,9 +74,7 @@ class Task:
         try:
             self.options = self.Options.model_validate(self.config.options())
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise PtrError(f"task {self.name}: option {where}: {first['msg']}") from None
+            raise PtrError(f"task {self.name}: option {describe(err)}") from None
         self.data_dir = Path(data_dir) if data_dir else None
         self.seed = seed
         self.embedding_model = embedding_model

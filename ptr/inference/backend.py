@@ -49,15 +49,16 @@ class BackendOptions:
     device: str | None = None  # transformers: cpu, cuda, … (None: cuda where there is one)
     endpoint: str | None = None  # base URL of a served model (HTTP backends)
     # vLLM's memory: the KV cache in GiB (None: 1 GiB on a CPU; on a GPU what gpu_memory_share leaves
-    # after the weights), and on a GPU this engine's share of the device (weights, activations, cache)
+    # after the weights), and on a GPU this engine's share of the device's memory (weights, activations,
+    # cache; None: the vLLM backend's default, ptr.inference.vllm_backend.GPU_MEMORY_SHARE)
     kv_cache_gib: float | None = None
-    gpu_memory_share: float = 0.85
+    gpu_memory_share: float | None = None
     serving: bool = False  # requests arrive one at a time (ptr serve): vLLM runs its asynchronous engine
 
     def __post_init__(self):
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise PtrError(f"kv_cache_gib: {self.kv_cache_gib}; must be more than 0 GiB")
-        if not 0 < self.gpu_memory_share <= 1:
+        if self.gpu_memory_share is not None and not 0 < self.gpu_memory_share <= 1:
             raise PtrError(f"gpu_memory_share: {self.gpu_memory_share}; must be in (0, 1]")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tqdm import tqdm
+
 from ptr.errors import InputError, PtrError, cli_errors
 from ptr.inference import (
     BACKENDS,
@@ -41,8 +43,8 @@ def add_engine_memory_args(parser: argparse.ArgumentParser) -> None:
         "--gpu_memory_share",
         type=float,
         default=BackendOptions.gpu_memory_share,
-        help="vllm on a GPU: this engine's share of the device's memory (two engines on one GPU: "
-        "about 0.4 each)",
+        help="vllm on a GPU: this engine's share of the device's memory (default 0.85; two engines on "
+        "one GPU: about 0.4 each)",
     )
 
 
@@ -139,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
             on_round=show,
         )
         return 0
-
-    from tqdm import tqdm
 
     with tqdm(total=len(conversations) * args.rounds, desc="refine", unit="gen", file=sys.stderr) as bar:
         results = refine(

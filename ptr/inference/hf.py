@@ -27,8 +27,8 @@ import functools
 from dataclasses import dataclass
 
 from ptr.chat import end_of_turn_ids
-from ptr.inference.attention import use_decode_attention
 from ptr.inference.backend import Backend, BackendOptions, OnText, PrefixSession
+from ptr.inference.decode_attention import use_decode_attention
 from ptr.inference.types import Completion, Conversation, SamplingParams
 from ptr.models import load_model
 from ptr.models.provenance import read_provenance

@@ -22,6 +22,7 @@ vLLM's own server does), and its text streams as it is decoded.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -37,21 +38,35 @@ from ptr.models.provenance import read_provenance
 GiB = 1 << 30
 # The KV cache on a CPU unless the job asks for more: 46k tokens of SmolLM2-135M, 8k of Qwen2-0.5B.
 CPU_KV_CACHE_GIB = 1.0
+# The GPU memory one engine takes unless told (a run holding several divides it: ptr.data.model_pool).
+GPU_MEMORY_SHARE = 0.85
 
 
 def _weights_bytes(path: str) -> int:
     return sum(p.stat().st_size for p in Path(path).glob("*.safetensors")) if Path(path).is_dir() else 0
 
 
-def memory_plan(path: str, kv_cache_gib: float | None, gpu_memory_share: float, *, on_cpu: bool) -> dict:
+def available_memory() -> int:
+    """Bytes of memory available to start new work (Linux's MemAvailable, what vLLM's CPU worker checks)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_plan(
+    path: str, kv_cache_gib: float | None, gpu_memory_share: float | None, *, on_cpu: bool
+) -> dict:
     """vLLM's memory arguments for this job, after checking that the machine has them free now.
 
     Raises :class:`PtrError` naming the setting to change when it does not."""
+    gpu_memory_share = gpu_memory_share or GPU_MEMORY_SHARE
     if on_cpu:
-        import psutil
-
         kv = int((kv_cache_gib or CPU_KV_CACHE_GIB) * GiB)
-        need, free = kv + _weights_bytes(path), psutil.virtual_memory().available
+        need, free = kv + _weights_bytes(path), available_memory()
         if need > free:
             raise PtrError(
                 f"vLLM needs {need / GiB:.1f} GiB of memory ({kv / GiB:.1f} GiB KV cache, set by "
@@ -91,7 +106,7 @@ class VLLMBackend(Backend):
         *,
         dtype: str | None = None,
         kv_cache_gib: float | None = None,
-        gpu_memory_share: float = BackendOptions.gpu_memory_share,
+        gpu_memory_share: float | None = None,
         serving: bool = False,
         **engine_args,
     ):

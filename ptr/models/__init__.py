@@ -12,24 +12,25 @@ Accepted references:
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from pathlib import Path
 
+from ptr import storage
+from ptr.cache import cache_root, cached_dir
 from ptr.errors import PtrError
 from ptr.models import smollm2, tiny
-from ptr.models.cache import cache_root, cached_dir
+from ptr.tracking import model_registry
 
 BUILTIN = {
     "tiny-random": (f"tiny-random-{tiny.VERSION}", tiny.build),
     "smollm2-135m-instruct": (f"smollm2-135m-instruct-{smollm2.VERSION}", smollm2.build),
 }
-# scheme -> "module:function(ref) -> local directory"; imported only when a reference uses it.
+# scheme -> function(ref) -> local directory (each imports its client library only when called)
 SCHEMES = {
-    "s3://": "ptr.storage:download_model",
-    "pvc://": "ptr.storage:resolve_pvc",
-    "models:/": "ptr.tracking.registry:download_registered_model",
+    "s3://": storage.download_model,
+    "pvc://": storage.resolve_pvc,
+    "models:/": model_registry.download_registered_model,
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -47,10 +48,9 @@ def resolve(ref: str | os.PathLike) -> str:
     if ref in BUILTIN:
         key, build = BUILTIN[ref]
         return str(cached_dir(key, build))
-    for scheme, target in SCHEMES.items():
+    for scheme, fetch in SCHEMES.items():
         if ref.startswith(scheme):
-            module, func = target.split(":")
-            return str(getattr(importlib.import_module(module), func)(ref))
+            return str(fetch(ref))
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists() and not (path / "tokenizer_config.json").exists():

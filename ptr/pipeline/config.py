@@ -7,111 +7,23 @@ typo in a config fails at submission (``load_config``) and again, with the same 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from ptr.errors import PtrError
-
-DEFAULT_IMAGE = "ptr:0.1.0"
-DEFAULT_GPU_IMAGE = "ptr-gpu:0.1.0"
-
-
-def _whole_numbers(value):
-    """Integral floats back to ints, all the way down: a pipeline hands dict parameters over as JSON
-    structs whose numbers are all floats, and DeepSpeed refuses ``warmup_num_steps: 2.0``."""
-    if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _free_form_ints(cls, data):
-        # only free-form mappings (options, DeepSpeed settings): typed fields convert themselves
-        if isinstance(data, dict):
-            return {k: _whole_numbers(v) if isinstance(v, dict) else v for k, v in data.items()}
-        return data
-
-
-class Resources(Section):
-    """Requests (= limits) of one container; ``gpus`` are whole devices of ``gpu_resource``."""
-
-    cpu: str = "2"
-    memory: str = "8Gi"
-    gpus: int = Field(0, ge=0)
-    gpu_resource: str = "nvidia.com/gpu"
-
-    def limits(self) -> dict[str, str]:
-        limits = {"cpu": self.cpu, "memory": self.memory}
-        if self.gpus:
-            limits[self.gpu_resource] = str(self.gpus)
-        return limits
-
-
-class Storage(Section):
-    """Where cluster steps and training pods share files: a ReadWriteMany PVC or an S3 prefix."""
-
-    pvc: str | None = None
-    mount_path: str = "/mnt/ptr"
-    s3_uri: str | None = None
-    s3_secret: str = "ptr-s3-credentials"
-
-    @model_validator(mode="after")
-    def _one_kind(self):
-        if (self.pvc is None) == (self.s3_uri is None):
-            raise ValueError("storage needs exactly one of pvc or s3_uri")
-        if self.s3_uri is not None and not self.s3_uri.startswith("s3://"):
-            raise ValueError(f"storage.s3_uri must start with s3://, got {self.s3_uri!r}")
-        return self
-
-    def run_root(self, run_id: str) -> str:
-        """The folder (on the PVC mount) or prefix (in S3) that holds one pipeline run's files."""
-        if self.pvc:
-            return f"{self.mount_path.rstrip('/')}/runs/{run_id}"
-        return f"{self.s3_uri.rstrip('/')}/runs/{run_id}"
-
-
-class Toleration(Section):
-    key: str
-    operator: Literal["Equal", "Exists"] = "Exists"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-
-
-class Cluster(Section):
-    """Kubernetes settings: only read when ``run.runtime`` is ``kubernetes``."""
-
-    namespace: str = "ptr"
-    image: str = DEFAULT_IMAGE
-    gpu_image: str = DEFAULT_GPU_IMAGE
-    service_account: str = "ptr-pipeline"
-    storage: Storage = Storage(pvc="ptr-work")
-    # Secrets whose keys every step and training pod receives as environment variables of the same
-    # name (S3 credentials; add MLflow credentials here when the server asks for them).
-    env_secrets: dict[str, list[str]] = {"ptr-s3-credentials": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]}
-    env: dict[str, str] = {"MLFLOW_TRACKING_URI": "http://mlflow.ptr.svc.cluster.local:5000"}
-    node_selector: dict[str, str] = {}
-    tolerations: list[Toleration] = []
-    train_resources: Resources = Resources(cpu="8", memory="64Gi", gpus=1)
-    serve_resources: Resources = Resources(cpu="4", memory="32Gi", gpus=1)
-    # Steps that generate text themselves (thoughts, the base model's evaluation) run on the GPU image.
-    generate_resources: Resources = Resources(cpu="8", memory="64Gi", gpus=1)
-    step_resources: Resources = Resources(cpu="2", memory="8Gi")
-    # ptr: the custom predictor (ptr serve); huggingface: KServe's Hugging Face runtime with vLLM.
-    serving_runtime: Literal["ptr", "huggingface"] = "ptr"
-    production_service: str = "ptr-production"
-    job_timeout_s: int = Field(6 * 3600, gt=0)
-    ready_timeout_s: int = Field(1800, gt=0)
+from ptr.cluster.settings import Cluster
+from ptr.data.filters import FilterConfig
+from ptr.data.queries import QueriesConfig
+from ptr.data.thoughts_config import ThoughtsConfig
+from ptr.encode.encoder import EncodeConfig
+from ptr.errors import PtrError, describe, invalid
+from ptr.evaluate.config import EvalConfig, TaskConfig
+from ptr.sections import Section
+from ptr.tracking import gate
+from ptr.train.config import TrainConfig
 
 
 class Run(Section):
@@ -134,9 +46,36 @@ class Run(Section):
         return self.cluster or Cluster()
 
 
-class Data(Section):
-    """Phase 1: queries, then weak→strong thoughts (options passed to the stages as they are)."""
+# Stage config fields a section sets itself (so its options may not): the rest are options.
+THOUGHTS_SET = ("queries", "output_path", "weak_models", "strong_model", "num_thoughts", "max_new_tokens")
+THOUGHTS_SET += ("backend", "seed", "thoughts_input")
+TRAIN_SET = ("model_path", "data_path", "output_path", "save_name", "max_epochs", "max_steps")
+TRAIN_SET += ("loss_weights", "deepspeed_config_path", "use_lora", "seed")
+# save_infer_results too: the report and the promotion read the metrics files
+EVAL_SET = ("model_path", "model_type", "endpoint", "tasks", "task_configs", "data_dir", "output_path")
+EVAL_SET += ("save_name", "seed", "rounds", "max_new_tokens", "save_infer_results")
 
+
+def _options(name: str, options: dict, owned: Collection[str], build: Callable[[dict], BaseModel]) -> None:
+    """Check a section's free-form options against the stage config they end up in: a key the section
+    sets itself, an unknown key or a bad value fails when the config is loaded, naming the key."""
+    taken = sorted(set(options) & set(owned))
+    if taken:
+        raise ValueError(f"{name}.{taken[0]}: set by this section itself, not through {name}")
+    try:
+        build(options)
+    except ValidationError as err:
+        raise ValueError(describe(err, name)) from None
+
+
+class Data(Section):
+    """Phase 1: queries, then weak→strong thoughts — or, with ``thoughts_input``, thought data made
+    elsewhere (the paper's release, a thoughts JSONL, s3://, hf:): no queries are sourced and nothing
+    is generated, so the settings for that go unused. ``thoughts_options`` are further
+    :class:`~ptr.data.thoughts_config.ThoughtsConfig` fields, filter settings written flat as on the
+    command line (``allow_truncated: true``)."""
+
+    thoughts_input: str | None = None
     queries_input: str = "builtin"
     queries_limit: int | None = Field(None, gt=0)
     decontaminate_dir: str | None = None
@@ -147,17 +86,64 @@ class Data(Section):
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
     thoughts_options: dict[str, Any] = {}
 
+    @model_validator(mode="after")
+    def _check_options(self):
+        _options(
+            "thoughts_options",
+            self.thoughts_options,
+            THOUGHTS_SET,
+            lambda options: self.thoughts_config("queries.jsonl", "thoughts.jsonl", seed=0, options=options),
+        )
+        return self
+
+    def queries_config(self, output_path: str, *, seed: int, data_dir: str | None) -> QueriesConfig:
+        """``data_dir``: the evaluation data queries are decontaminated against unless
+        ``decontaminate_dir`` names other data."""
+        return QueriesConfig(
+            inputs=[self.queries_input],
+            output_path=output_path,
+            limit=self.queries_limit,
+            seed=seed,
+            decontaminate_dir=self.decontaminate_dir or data_dir,
+        )
+
+    def thoughts_config(
+        self, queries: str, output_path: str, *, seed: int, options: dict | None = None
+    ) -> ThoughtsConfig:
+        """Generating: from ``queries`` with the section's models; importing: ``thoughts_input``."""
+        options = dict(self.thoughts_options if options is None else options)
+        flat = {k: options.pop(k) for k in list(options) if k in FilterConfig.model_fields}
+        if flat:  # filter settings written flat, as on the command line
+            options["filters"] = {**options.get("filters", {}), **flat}
+        if self.thoughts_input:
+            return ThoughtsConfig(
+                thoughts_input=self.thoughts_input, output_path=output_path, seed=seed, **options
+            )
+        return ThoughtsConfig(
+            queries=queries,
+            output_path=output_path,
+            weak_models=self.weak_models,
+            strong_model=self.strong_model,
+            num_thoughts=self.num_thoughts,
+            max_new_tokens=self.max_new_tokens,
+            backend=self.backend,
+            seed=seed,
+            **options,
+        )
+
 
 class Train(Section):
-    """Phase 2: encode the kept thoughts, fine-tune the base model with the PTR objective."""
+    """Phase 2: encode the kept thoughts, fine-tune the base model with the PTR objective.
+    ``train_options`` are further :class:`~ptr.train.config.TrainConfig` fields
+    (``save_optimizer: false``, ``beta: quadratic`` …)."""
 
     base_model: str = "smollm2-135m-instruct"
     max_length: int = Field(1024, gt=0)
     merge_data: bool = True
     max_steps: int | None = Field(None, gt=0)
     max_epochs: int = Field(1, gt=0)
-    loss_weights: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    # A config shipped in ptr/train/configs/ (by file name) or a DeepSpeed config inline.
+    loss_weights: tuple[float, float, float] | None = None  # None: the corpus's (the encoder records them)
+    # A config shipped in ptr/train/configs/ (by name: paper or paper.json) or a DeepSpeed config inline.
     deepspeed_config: str | dict[str, Any] | None = None
     # Merged over that config key by key (nested mappings merged too): small changes without a copy.
     deepspeed_overrides: dict[str, Any] = {}
@@ -168,14 +154,57 @@ class Train(Section):
     train_options: dict[str, Any] = {}
 
     @model_validator(mode="after")
-    def _weights(self):
-        if abs(sum(self.loss_weights) - 1.0) > 1e-6 or min(self.loss_weights) < 0:
-            raise ValueError(f"loss_weights must be non-negative and sum to 1, got {self.loss_weights}")
+    def _check(self):
+        weights = self.loss_weights
+        if weights is not None and (abs(sum(weights) - 1.0) > 1e-6 or min(weights) < 0):
+            raise ValueError(f"loss_weights must be non-negative and sum to 1, got {weights}")
+        _options(
+            "train_options",
+            self.train_options,
+            TRAIN_SET,
+            lambda options: self.train_config("shards", "output", seed=0, options=options),
+        )
         return self
+
+    def encode_config(self, input: str, output_path: str) -> EncodeConfig:
+        return EncodeConfig(
+            tokenizer_path=self.base_model,
+            encode_type="ptr",
+            input=input,
+            output_path=output_path,
+            corpus_name="ptr",
+            max_length=self.max_length,
+            merge_data=self.merge_data,
+        )
+
+    def train_config(
+        self,
+        data_path: str,
+        output_path: str,
+        *,
+        seed: int,
+        deepspeed_config_path: str | None = None,
+        options: dict | None = None,
+    ) -> TrainConfig:
+        return TrainConfig(
+            model_path=self.base_model,
+            data_path=data_path,
+            output_path=output_path,
+            save_name=self.save_name,
+            max_epochs=self.max_epochs,
+            max_steps=self.max_steps,
+            loss_weights=self.loss_weights,
+            deepspeed_config_path=deepspeed_config_path,
+            use_lora=self.use_lora,
+            seed=seed,
+            **(self.train_options if options is None else options),
+        )
 
 
 class Evaluate(Section):
-    """Multi-round evaluation of the base model and of the candidate, task × round."""
+    """Multi-round evaluation of the base model and of the candidate, task × round.
+    ``eval_options`` are further :class:`~ptr.evaluate.config.EvalConfig` fields
+    (``save_infer_texts: false``, ``temperature: 0.7`` …)."""
 
     tasks: list[str] = ["arith", "gsm8k", "mmlu"]
     rounds: int = Field(2, ge=1)
@@ -187,6 +216,55 @@ class Evaluate(Section):
     skip_missing_data: bool = True
     base_model_type: Literal["transformers", "vllm"] = "transformers"
     eval_options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check_options(self):
+        _options(
+            "eval_options",
+            self.eval_options,
+            EVAL_SET,
+            lambda options: self.eval_config(
+                "model",
+                "transformers",
+                tasks=self.tasks,
+                output_path="out",
+                save_name="x",
+                seed=0,
+                options=options,
+            ),
+        )
+        return self
+
+    def eval_config(
+        self,
+        model_path: str,
+        model_type: str,
+        *,
+        tasks: list[str],
+        output_path: str,
+        save_name: str,
+        seed: int,
+        endpoint: str | None = None,
+        data_dir: str | None = None,
+        options: dict | None = None,
+    ) -> EvalConfig:
+        """``tasks``: the ones whose data was found (see ``steps.serving.available_tasks``)."""
+        per_task = TaskConfig(limit=self.limit, num_fewshots=self.num_fewshots)
+        return EvalConfig(
+            model_path=model_path,
+            model_type=model_type,
+            endpoint=endpoint,
+            tasks=tasks,
+            task_configs={task: per_task for task in tasks},
+            data_dir=data_dir,
+            output_path=output_path,
+            save_name=save_name,
+            seed=seed,
+            rounds=self.rounds,
+            max_new_tokens=self.max_new_tokens,
+            save_infer_results=True,
+            **{"save_infer_texts": True, **(self.eval_options if options is None else options)},
+        )
 
 
 class Promote(Section):
@@ -204,6 +282,25 @@ class PipelineConfig(Section):
     evaluate: Evaluate = Evaluate()
     promote: Promote = Promote()
 
+    @model_validator(mode="after")
+    def _promotion_is_evaluated(self):
+        """The gate's metrics must be ones evaluation produces; else a run trains for hours and then
+        cannot promote."""
+        for name in (self.promote.primary, *self.promote.guards):
+            try:
+                metric = gate.parse_metric(name)
+            except PtrError as err:
+                raise ValueError(f"promote: {err}") from None
+            if metric.task not in self.evaluate.tasks:
+                raise ValueError(
+                    f"promote: {name} needs task {metric.task} in evaluate.tasks {self.evaluate.tasks}"
+                )
+            if metric.k > self.evaluate.rounds:
+                raise ValueError(
+                    f"promote: {name} needs round {metric.k}, evaluate.rounds is {self.evaluate.rounds}"
+                )
+        return self
+
     def arguments(self) -> dict[str, dict]:
         """The pipeline's parameters: one JSON-able dict per section. (Kubeflow parameters cannot hold
         null, so unset optional fields are left out; every optional field defaults to None.)"""
@@ -216,14 +313,6 @@ class PipelineConfig(Section):
 SECTIONS = {"run": Run, "data": Data, "train": Train, "evaluate": Evaluate, "promote": Promote}
 
 
-def _explain(err: ValidationError, where: str) -> str:
-    lines = []
-    for problem in err.errors():
-        field = ".".join(str(p) for p in problem["loc"])
-        lines.append(f"{where}: {field}: {problem['msg']}")
-    return "\n".join(lines)
-
-
 def section(name: str, value: dict | BaseModel) -> Section:
     """Validate one section as a step receives it (a dict from the pipeline)."""
     if isinstance(value, BaseModel):
@@ -231,7 +320,7 @@ def section(name: str, value: dict | BaseModel) -> Section:
     try:
         return SECTIONS[name].model_validate(value or {})
     except ValidationError as err:
-        raise PtrError(_explain(err, f"config section {name!r}")) from None
+        raise invalid(err, f"config section {name!r}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:
@@ -250,4 +339,4 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:
-        raise PtrError(_explain(err, str(path or "pipeline config"))) from None
+        raise invalid(err, str(path or "pipeline config")) from None

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from ptr.errors import PtrError
 from ptr.pipeline.launch import REPO
 from ptr.procs import free_port, pid_alive
@@ -22,8 +24,6 @@ from ptr.procs import free_port, pid_alive
 
 def start(model_path: str, model_name: str, workdir: Path, *, timeout: float = 300.0) -> dict:
     """Start the server and wait until KServe reports the model ready."""
-    import httpx
-
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

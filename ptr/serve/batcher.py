@@ -113,7 +113,7 @@ class Scheduler(ABC):
                     try:
                         completion = await self.generate(conversation, params, key, stream)
                     except ValueError as err:
-                        raise RequestError(f"instances[{i}]: round {k}: {err}") from None
+                        raise RequestError(str(err), where=f"instances[{i}]: round {k}") from None
                     outs.append(completion)
                     if k < rounds:
                         conversation = continue_conversation(conversation, completion.text, refine_prompt)

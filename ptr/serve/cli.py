@@ -18,6 +18,10 @@ import sys
 from ptr.errors import PtrError, cli_errors
 from ptr.inference import LOCAL_BACKENDS
 from ptr.inference.cli import add_engine_memory_args
+from ptr.models import resolve
+from ptr.serve import openai_routes
+from ptr.serve.kserve_model import RefiningModel
+from ptr.serve.schema import Limits
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,9 +87,6 @@ def _import_kserve():
 def build_server(args):
     """The loaded model and a ModelServer ready to ``start([model])`` (split out for tests)."""
     kserve = _import_kserve()
-    from ptr.serve import openai_routes
-    from ptr.serve.model import RefiningModel
-    from ptr.serve.schema import Limits
 
     class ModelServer(kserve.ModelServer):
         """KServe's server, listening on ``host`` (KServe binds 0.0.0.0 unconditionally)."""
@@ -132,8 +133,6 @@ def build_server(args):
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _check(args)
-    from ptr.models import resolve
-
     ref = args.model_path
     args.model_path = resolve(ref)  # a bad reference (or a failed download) exits 2 here, fast
     model, server = build_server(args)

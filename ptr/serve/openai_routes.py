@@ -29,6 +29,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ptr.errors import describe
 from ptr.inference import Completion, SamplingParams
 from ptr.serve.schema import RequestError, decode_body
 
@@ -146,9 +147,7 @@ def register(app, model, prefix: str = PREFIX) -> None:
         try:
             req = kind.schema.model_validate(decode_body(await request.body()))
         except ValidationError as err:
-            first = err.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "request"
-            raise RequestError(f"{where}: {first['msg']}") from None
+            raise RequestError(describe(err, whole="request")) from None
         if req.model != model.name:
             raise LookupError(f"model {req.model!r} is not served here; this server serves {model.name!r}")
         params = _params(req, model.limits)
@@ -165,7 +164,9 @@ def register(app, model, prefix: str = PREFIX) -> None:
     def failure(err: Exception) -> JSONResponse:
         if isinstance(err, LookupError):
             return _error(404, str(err), "model_not_found")
-        return _error(400, str(err).removeprefix("instances[0]: round 1: "))
+        if isinstance(err, RequestError):  # one prompt, one round: where it was adds nothing
+            return _error(400, err.reason)
+        return _error(400, str(err))
 
     async def answer(request: Request, kind: _Kind):
         try:

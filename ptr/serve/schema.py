@@ -12,12 +12,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ptr.errors import describe
 from ptr.inference import Conversation, SamplingParams
 from ptr.prompts import REFINE_PROMPT
 
 
 class RequestError(ValueError):
-    """A request the server will not run; the message says why (HTTP 400)."""
+    """A request the server will not run; the message says why (HTTP 400): ``where: reason``, or the
+    reason alone. Callers that know where themselves read ``reason``."""
+
+    def __init__(self, reason: str, where: str = ""):
+        self.reason, self.where = reason, where
+        super().__init__(f"{where}: {reason}" if where else reason)
 
 
 @dataclass(frozen=True)
@@ -80,19 +86,8 @@ class _Request(_Strict):
     parameters: _Parameters = Field(default_factory=_Parameters)
 
 
-def _where(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "request"
-
-
 def _reason(err: ValidationError) -> str:
-    first = err.errors(include_url=False)[0]
-    msg = first["msg"].removeprefix("Value error, ")
-    loc = first["loc"]
-    extra = f" ({len(err.errors())} problems in all)" if len(err.errors()) > 1 else ""
-    return f"{_where(loc)}: {msg}{extra}"
+    return describe(err, whole="request")
 
 
 def decode_body(body) -> dict:

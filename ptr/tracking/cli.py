@@ -10,7 +10,14 @@ import argparse
 import sys
 
 from ptr.errors import cli_errors
-from ptr.tracking import promotion
+from ptr.files import write_json
+from ptr.tracking import gate
+from ptr.tracking.model_registry import register_model
+from ptr.tracking.promote import promote, summary, write_report
+from ptr.tracking.store import tracking_uri
+
+EXIT_PROMOTED = 0
+EXIT_KEPT = 3  # the champion stays: not an error, but a pipeline may want to tell
 
 
 @cli_errors
@@ -34,15 +41,10 @@ def register_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="write {name, version, uri, …} as JSON here")
     args = parser.parse_args(argv)
 
-    from ptr.tracking import tracking_uri
-    from ptr.tracking.registry import register_model
-
     info = register_model(
         args.model_path, args.name, ptr_run_id=args.run_id, alias=args.alias, task=args.task
     )
     if args.output:
-        from ptr.jsonl import write_json
-
         write_json(args.output, info)
     print(
         f"registered {info['uri']} (alias {info['alias']}: models:/{info['name']}@{info['alias']}) "
@@ -75,23 +77,19 @@ def promote_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--min_delta", type=float, default=0.0, help="the lower bound must exceed this (default 0)"
     )
-    parser.add_argument("--n_boot", type=int, default=promotion.N_BOOT, help="bootstrap resamples")
+    parser.add_argument("--n_boot", type=int, default=gate.N_BOOT, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument(
-        "--confidence", type=float, default=promotion.CONFIDENCE, help="interval level (0.95)"
-    )
+    parser.add_argument("--confidence", type=float, default=gate.CONFIDENCE, help="interval level (0.95)")
     parser.add_argument("--output", help="write the decision and its evidence as JSON here")
     args = parser.parse_args(argv)
     # Checked before touching MLflow, so a typo fails in a second.
-    promotion.parse_metric(args.primary)
+    gate.parse_metric(args.primary)
     for guard in args.guard:
-        promotion.parse_guard(guard)
+        gate.parse_guard(guard)
     if args.n_boot < 100 or not 0.5 <= args.confidence < 1:
         parser.error("--n_boot must be at least 100 and --confidence in [0.5, 1)")
 
-    from ptr.tracking.promote import promote, summary, write_report
-
-    code, report = promote(
+    promotion = promote(
         args.name,
         version=args.version,
         primary=args.primary,
@@ -102,8 +100,8 @@ def promote_main(argv: list[str] | None = None) -> int:
         confidence=args.confidence,
     )
     if args.output:
-        write_report(args.output, report)
-    print(summary(report), end="")
-    if code != 0:
-        print(f"champion kept: {report['decision']['reason']}", file=sys.stderr)
-    return code
+        write_report(args.output, promotion.report)
+    print(summary(promotion.report), end="")
+    if not promotion.promoted:
+        print(f"champion kept: {promotion.decision.reason}", file=sys.stderr)
+    return EXIT_PROMOTED if promotion.promoted else EXIT_KEPT

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptr.errors import PtrError
+from ptr.files import write_json
 from ptr.records import iter_jsonl
-from ptr.tracking import promotion, tracking_uri
-from ptr.tracking.registry import CANDIDATE, CHAMPION, client, get_version
+from ptr.tracking import gate, runs
+from ptr.tracking.model_registry import CANDIDATE, CHAMPION, client, get_version
+from ptr.tracking.store import tracking_uri
 
-EXIT_PROMOTED = 0
-EXIT_KEPT = 3
 _TAG_LIMIT = 5000
 
 
@@ -59,7 +59,7 @@ def evaluated(mlflow_client, name: str, version: str) -> Evaluated:
     return Evaluated(version, metrics, sources)
 
 
-def question_scores(mlflow_client, run_id: str, metric: promotion.MetricName) -> dict[str, float]:
+def question_scores(mlflow_client, run_id: str, metric: gate.MetricName) -> dict[str, float]:
     artifact = f"eval/{metric.task}.predictions.jsonl"
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -71,7 +71,7 @@ def question_scores(mlflow_client, run_id: str, metric: promotion.MetricName) ->
         shown = f"runs:/{run_id}/{artifact}"
         records = list(iter_jsonl(local))
         try:
-            return promotion.question_scores(records, metric, shown)
+            return gate.question_scores(records, metric, shown)
         finally:
             Path(local).unlink(missing_ok=True)
 
@@ -83,6 +83,45 @@ def _missing_eval(name: str, version: str, metric: str) -> PtrError:
     )
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """What :func:`promote` decided, with its evidence (``report``, also logged as ``promotion.json``)."""
+
+    name: str
+    candidate: str
+    champion_before: str | None
+    decision: gate.Decision
+    report: dict
+
+    @property
+    def promoted(self) -> bool:
+        """True when the candidate is the champion now (promoted, or it already was)."""
+        return self.decision.promote
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """The gate's settings, checked before MLflow is touched."""
+
+    primary: gate.MetricName
+    guards: list[tuple[gate.MetricName, float]]
+    guard_specs: list[str]
+    min_delta: float
+    n_boot: int
+    seed: int
+    confidence: float
+
+    def params(self) -> dict:
+        return {
+            "primary": self.primary.key,
+            "guards": ",".join(self.guard_specs) or "none",
+            "min_delta": self.min_delta,
+            "n_boot": self.n_boot,
+            "seed": self.seed,
+            "confidence": self.confidence,
+        }
+
+
 def promote(
     name: str,
     *,
@@ -90,73 +129,91 @@ def promote(
     primary: str,
     guards: list[str] = (),
     min_delta: float = 0.0,
-    n_boot: int = promotion.N_BOOT,
+    n_boot: int = gate.N_BOOT,
     seed: int = 0,
-    confidence: float = promotion.CONFIDENCE,
-) -> tuple[int, dict]:
-    """Decide and act. Returns ``(exit code, report)``; raises PtrError when evidence is missing."""
-    from ptr.tracking import runs
-
+    confidence: float = gate.CONFIDENCE,
+    move_alias: bool = True,
+) -> Promotion:
+    """Decide and act: find the candidate and the champion, read their evaluations, apply the rule,
+    record the decision and move the ``champion`` alias when the candidate wins. Raises PtrError when
+    evidence is missing. With ``move_alias=False`` the alias stays: the caller crowns the candidate
+    (:func:`crown`) once production serves it."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: no bars
-    primary_metric = promotion.parse_metric(primary)
-    guard_specs = [promotion.parse_guard(g) for g in guards]
+    rule = _Rule(
+        gate.parse_metric(primary),
+        [gate.parse_guard(g) for g in guards],
+        list(guards),
+        min_delta,
+        n_boot,
+        seed,
+        confidence,
+    )
     mlflow_client = client()
-    candidate_mv = get_version(mlflow_client, name, alias=None if version else CANDIDATE, version=version)
-    cand_version = str(candidate_mv.version)
-    champion_mv = _alias_or_none(mlflow_client, name, CHAMPION)
-    champ_version = str(champion_mv.version) if champion_mv else None
-
-    report = {"name": name, "candidate": cand_version, "champion": champ_version}
-    candidate = evaluated(mlflow_client, name, cand_version)
-    if primary_metric.key not in candidate.metrics:
-        raise _missing_eval(name, cand_version, primary_metric.key)
-    report["candidate_eval_run"] = candidate.sources[primary_metric.key]
-
-    if champ_version == cand_version:
-        decision = promotion.Decision(True, f"version {cand_version} is already the champion")
-        report["decision"] = decision.as_dict()
-        return EXIT_PROMOTED, report
-
-    if champ_version is None:
-        decision = promotion.decide(
-            primary=primary_metric, candidate_metrics=candidate.metrics, champion_metrics=None
-        )
-    else:
-        champion = evaluated(mlflow_client, name, champ_version)
-        if primary_metric.key not in champion.metrics:
-            raise _missing_eval(name, champ_version, primary_metric.key)
-        report["champion_eval_run"] = champion.sources[primary_metric.key]
-        decision = promotion.decide(
-            primary=primary_metric,
-            candidate_metrics=candidate.metrics,
-            champion_metrics=champion.metrics,
-            candidate_questions=question_scores(
-                mlflow_client, candidate.sources[primary_metric.key], primary_metric
-            ),
-            champion_questions=question_scores(
-                mlflow_client, champion.sources[primary_metric.key], primary_metric
-            ),
-            guards=guard_specs,
-            min_delta=min_delta,
-            n_boot=n_boot,
-            seed=seed,
-            confidence=confidence,
-        )
+    candidate, champion = _versions(mlflow_client, name, version)
+    report = {"name": name, "candidate": candidate, "champion": champion}
+    decision = _decide(mlflow_client, name, candidate, champion, rule, report)
     report["decision"] = decision.as_dict()
+    if champion != candidate:  # already the champion: nothing to record or move
+        _record(mlflow_client, name, candidate, champion, rule, decision, report)
+        if decision.promote and move_alias:
+            crown(name, candidate, champion)
+    return Promotion(name, candidate, champion, decision, report)
 
+
+def crown(name: str, candidate: str, champion_before: str | None) -> None:
+    """Point the ``champion`` alias at ``candidate`` (and note on the old champion who replaced it)."""
+    mlflow_client = client()
+    mlflow_client.set_registered_model_alias(name, CHAMPION, candidate)
+    if champion_before and champion_before != candidate:
+        mlflow_client.set_model_version_tag(name, champion_before, "ptr.promotion.replaced_by", candidate)
+
+
+def _versions(mlflow_client, name: str, version: str | None) -> tuple[str, str | None]:
+    """The candidate's version (``version``, else the ``candidate`` alias) and the champion's, if any."""
+    candidate = get_version(mlflow_client, name, alias=None if version else CANDIDATE, version=version)
+    champion = _alias_or_none(mlflow_client, name, CHAMPION)
+    return str(candidate.version), str(champion.version) if champion else None
+
+
+def _decide(mlflow_client, name: str, candidate: str, champion: str | None, rule: _Rule, report: dict):
+    """The rule applied to both versions' evaluations (their runs are noted in ``report``)."""
+    key = rule.primary.key
+    cand = evaluated(mlflow_client, name, candidate)
+    if key not in cand.metrics:
+        raise _missing_eval(name, candidate, key)
+    report["candidate_eval_run"] = cand.sources[key]
+    if champion == candidate:
+        return gate.Decision(True, f"version {candidate} is already the champion")
+    if champion is None:
+        return gate.decide(primary=rule.primary, candidate_metrics=cand.metrics, champion_metrics=None)
+    champ = evaluated(mlflow_client, name, champion)
+    if key not in champ.metrics:
+        raise _missing_eval(name, champion, key)
+    report["champion_eval_run"] = champ.sources[key]
+    return gate.decide(
+        primary=rule.primary,
+        candidate_metrics=cand.metrics,
+        champion_metrics=champ.metrics,
+        candidate_questions=question_scores(mlflow_client, cand.sources[key], rule.primary),
+        champion_questions=question_scores(mlflow_client, champ.sources[key], rule.primary),
+        guards=rule.guards,
+        min_delta=rule.min_delta,
+        n_boot=rule.n_boot,
+        seed=rule.seed,
+        confidence=rule.confidence,
+    )
+
+
+def _record(mlflow_client, name, candidate, champion, rule: _Rule, decision, report: dict) -> None:
+    """A ``promote`` run with the evidence, tags on the candidate version, and the alias moved."""
     params = {
         "name": name,
-        "candidate_version": cand_version,
-        "champion_version": champ_version or "none",
-        "primary": primary_metric.key,
-        "guards": ",".join(guards) or "none",
-        "min_delta": min_delta,
-        "n_boot": n_boot,
-        "seed": seed,
-        "confidence": confidence,
+        "candidate_version": candidate,
+        "champion_version": champion or "none",
+        **rule.params(),
     }
     outcome = "promoted" if decision.promote else "kept"
-    tags = {"ptr.model_name": name, "ptr.model_version": cand_version, "ptr.promotion.decision": outcome}
+    tags = {"ptr.model_name": name, "ptr.model_version": candidate, "ptr.promotion.decision": outcome}
     with runs.open_run("promote", params, tags, tracking_uri(fallback=True)) as run:
         figures = {k: decision.primary[k] for k in ("delta", "lo", "hi", "n") if k in decision.primary}
         run.log_metrics(
@@ -164,14 +221,7 @@ def promote(
         )
         run.log_dict(report, "promotion.json")
         run.log_text(summary(report), "summary.md")
-        _tag_version(mlflow_client, name, cand_version, report, outcome, run.run_id)
-        if decision.promote:
-            mlflow_client.set_registered_model_alias(name, CHAMPION, cand_version)
-            if champ_version:
-                mlflow_client.set_model_version_tag(
-                    name, champ_version, "ptr.promotion.replaced_by", cand_version
-                )
-    return (EXIT_PROMOTED if decision.promote else EXIT_KEPT), report
+        _tag_version(mlflow_client, name, candidate, report, outcome, run.run_id)
 
 
 def _alias_or_none(mlflow_client, name: str, alias: str):
@@ -223,6 +273,4 @@ def summary(report: dict) -> str:
 
 
 def write_report(path: str | os.PathLike, report: dict) -> None:
-    from ptr.jsonl import write_json
-
     write_json(path, report)

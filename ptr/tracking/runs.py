@@ -1,7 +1,6 @@
 """MLflow runs for stages: the experiment, the parent run per pipeline run, and the stage's handle.
 
-Imported only when tracking is on (``ptr.tracking.stage_run`` decides), so a stage without tracking
-never imports MLflow.
+MLflow itself is imported only when a run is opened, so a stage without tracking never imports it.
 """
 
 from __future__ import annotations
@@ -17,13 +16,43 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import httpx
+
 from ptr.errors import PtrError
-from ptr.tracking import NullRun, local_dir
+from ptr.tracking import plots
+from ptr.tracking.store import local_dir
 
 PIPELINE_STAGE = "pipeline"
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 _TAG_LIMIT = 5000
 _PARAM_LIMIT = 6000
+
+
+class NullRun:
+    """Stands in for a run when tracking is off: every call does nothing."""
+
+    run_id = None
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def log_dict(self, obj: dict, artifact_file: str) -> None:
+        pass
+
+    def log_dataset(self, source, *, name=None, context="training", digest=None, tags=None) -> None:
+        pass
+
+    def set_tags(self, tags: dict) -> None:
+        pass
 
 
 def _quiet_mlflow() -> None:
@@ -51,8 +80,6 @@ def connect(uri: str):
 
 
 def _check_server(uri: str) -> None:
-    import httpx
-
     try:
         httpx.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
     except httpx.HTTPError as err:
@@ -241,8 +268,6 @@ class MlflowRun(NullRun):
     # --- plots drawn when the stage ends ---------------------------------------------------------
     def _notice(self, path: Path, artifact_path: str) -> None:
         """Read the reports that plots are drawn from now: the files may be gone when the stage ends."""
-        from ptr.tracking import plots
-
         files = [(path, artifact_path)] if path.is_file() else []
         if path.is_dir():
             for f in path.rglob("*"):
@@ -260,8 +285,6 @@ class MlflowRun(NullRun):
 
     def draw_plots(self) -> None:
         """A plot that cannot be drawn is reported, never a reason to fail the stage that did the work."""
-        from ptr.tracking import plots
-
         jobs = [
             ("score_vs_round.png", plots.score_vs_round, list(t.values()), w)
             for w, t in self._round_tables.items()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ptr.errors import PtrError
-from ptr.jsonl import write_json
+from ptr.files import write_json
 
 STATE_FILE = "trainer_state.json"
 DS_TAG = "ds"

@@ -11,8 +11,10 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
-from ptr.errors import PtrError, cli_errors
+from ptr.errors import cli_errors, invalid
+from ptr.train import dist
 from ptr.train.config import TrainConfig
+from ptr.train.recipe import train
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,7 +40,11 @@ def parser() -> argparse.ArgumentParser:
     add("--use_lora", action="store_true")
     add("--lora_config_path", help="JSON with peft LoraConfig fields (default r=8, alpha=16, all-linear)")
     add("--save_lora_adapter", action="store_true")
-    add("--loss_weights", help="λ1,λ2,λ3 for NLL, consistency, confidence (default 0.8,0.1,0.1)")
+    add(
+        "--loss_weights",
+        help="λ1,λ2,λ3 for NLL, consistency, confidence (default: the corpus's, from its meta.json; "
+        "0.8,0.1,0.1 when it names none)",
+    )
     add("--beta")
     add("--seed", type=int)
     add("--resume")
@@ -56,9 +62,7 @@ def config_from_args(argv: list[str]) -> tuple[TrainConfig, int | None]:
     try:
         return TrainConfig(**args), local_rank
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(x) for x in first["loc"][:1])
-        raise PtrError(f"--{field}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise invalid(err, flags=True) from None
 
 
 @cli_errors
@@ -66,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     config, local_rank = config_from_args(list(sys.argv[1:] if argv is None else argv))
-    from ptr.train import dist
-
     dist.prepare_environment(local_rank)
-    from ptr.train import train
-
     train(config)
     return 0
 

@@ -19,15 +19,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
-from ptr.errors import PtrError
+from ptr.errors import PtrError, problems
 
-SHIPPED = ("default", "paper")
+CONFIGS = Path(__file__).with_name("configs")  # the configs shipped with ptr (default.json, paper.json)
 Auto = Literal["auto"]
 
 # Top-level keys DeepSpeed reads (runtime/config.py); anything else is a typo DeepSpeed would ignore.
@@ -160,17 +159,35 @@ def _fail(source, key: str, message: str):
 
 
 def _first_error(err: ValidationError) -> tuple[tuple, str]:
-    first = err.errors()[0]
-    messages = {"extra_forbidden": "unknown key", "missing": "required"}
-    return first["loc"], messages.get(first["type"], first["msg"])
+    return problems(err)[0]
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in CONFIGS.glob("*.json"))
+
+
+def shipped(name: str | None) -> Path | None:
+    """The shipped config a name means (``paper`` or ``paper.json``; None: ``default``), or None when
+    ``name`` is not one (a path of the user's)."""
+    name = "default" if name is None else str(name)
+    stem = name.removesuffix(".json")
+    return CONFIGS / f"{stem}.json" if stem in shipped_names() else None
+
+
+def read_shipped(name: str | None) -> dict:
+    """A shipped config by name, as it is (the trainer validates what it is given); an unknown name
+    is an error listing the shipped ones."""
+    path = shipped(name)
+    if path is None:
+        raise PtrError(f"no shipped DeepSpeed config {name!r} (shipped: {', '.join(shipped_names())})")
+    return json.loads(path.read_text())
 
 
 def load(path: str | Path | None) -> tuple[dict, str]:
     """Read and validate a config file (``None`` or a shipped name: the config in ``ptr/train/configs``)."""
-    if path is None or str(path) in SHIPPED:
-        name = f"{path or 'default'}.json"
-        source = f"ptr/train/configs/{name}"
-        text = resources.files("ptr.train").joinpath("configs").joinpath(name).read_text()
+    if (found := shipped(path)) is not None:
+        source = f"ptr/train/configs/{found.name}"
+        text = found.read_text()
     else:
         source = str(path)
         try:

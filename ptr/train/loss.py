@@ -1,4 +1,4 @@
-"""The PTR objective (DESIGN.md, "The training objective"), computed from the shards' segment codes.
+"""The PTR objective (docs/architecture.md, "The training objective"), computed from the shards' segment codes.
 
     L = λ1 · NLL(answer) + λ2 · Σ_{t≥2} (1 − cos(h̄_t, h̄_{t−1})) + λ3 · Σ_t β_t · (1 − Pr(y_t))
 
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ptr.encode.shards import ANSWER, IGNORE
+from ptr.objective import DEFAULT_LOSS_WEIGHTS
 
-DEFAULT_WEIGHTS = (0.8, 0.1, 0.1)
 CODES = 256  # segment codes fit in uint8; doc * CODES + code orders attempts by (document, code)
 
 
@@ -60,7 +60,7 @@ def objective(
     hidden: torch.Tensor,
     segment: torch.Tensor,
     doc: torch.Tensor,
-    weights: tuple[float, float, float] = DEFAULT_WEIGHTS,
+    weights: tuple[float, float, float] = DEFAULT_LOSS_WEIGHTS,
     beta_power: float = 1.0,
 ) -> LossTerms:
     """The objective over the loss tokens of a batch, given flat per-token tensors.
@@ -122,7 +122,7 @@ def objective_from_logits(
     segments: torch.Tensor,
     position_ids: torch.Tensor,
     doc_ids: torch.Tensor,
-    weights: tuple[float, float, float] = DEFAULT_WEIGHTS,
+    weights: tuple[float, float, float] = DEFAULT_LOSS_WEIGHTS,
     beta_power: float = 1.0,
 ) -> LossTerms:
     """The objective from full ``[B, L, V]`` logits (the trainer computes logits only where needed)."""

@@ -19,20 +19,30 @@ import sys
 import time
 from pathlib import Path
 
-from ptr.train.config import TrainConfig
-from ptr.train.metrics import log_stderr
+import numpy as np
+from tqdm import tqdm
+
+from ptr import storage
+from ptr.cache import cache_root
+from ptr.encode.layout import tokenizer_hash
+from ptr.encode.shards import ShardDataset
+from ptr.errors import PtrError
+from ptr.files import write_json
+from ptr.models import default_dtype, load_tokenizer, resolve
+from ptr.tracking import NullRun, stage_run
+from ptr.train import checkpoint, ds_config, export, packed_model
+from ptr.train import dist as ptr_dist
+from ptr.train.config import TrainConfig, resolve_loss_weights
+from ptr.train.data import Batches, max_token_id
+from ptr.train.metrics import MetricsLog, log_stderr, plot
 
 TERMS = ("loss", "nll", "consistency", "confidence")
 
 
-def run(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig) -> dict:
     """Validate the DeepSpeed config, join the process group, train, and leave the environment as found."""
-    from ptr.train import dist as ptr_dist
-
     added = ptr_dist.prepare_environment()
     try:
-        from ptr.train import ds_config
-
         ds_raw, ds_source = ds_config.load(cfg.deepspeed_config_path)  # bad configs fail before heavy work
         dist = ptr_dist.init()
         recipe = None
@@ -95,14 +105,8 @@ class Recipe:
 
     def setup(self) -> None:
         import deepspeed
-        import numpy as np
         import torch
         from deepspeed.utils import logger as ds_logger
-
-        from ptr.encode.shards import ShardDataset
-        from ptr.models import default_dtype, load_tokenizer, resolve
-        from ptr.train import checkpoint, ds_config
-        from ptr.train.data import Batches
 
         cfg, dist = self.cfg, self.dist
         ds_logger.setLevel("WARNING")
@@ -113,14 +117,15 @@ class Recipe:
         self.dataset = ShardDataset(
             local_data(cfg.data_path, dist), seed=cfg.seed, rank=dist.rank, world_size=dist.world_size
         )
+        weights, source = resolve_loss_weights(cfg.loss_weights, self.dataset.metas, cfg.data_path)
+        self.cfg = cfg = cfg.model_copy(update={"loss_weights": weights})
+        self.say(f"loss weights λ1,λ2,λ3 = {','.join(f'{w:g}' for w in weights)} from {source}")
         self.micro, self.accum = ds_config.batch_sizes(self.ds_raw, dist.world_size, self.ds_source)
         self.model_path = resolve(cfg.model_path)
         self.tokenizer = load_tokenizer(self.model_path)
         self.batches = Batches(self.dataset, self.micro, self.accum, self.tokenizer.pad_token_id)
         encoded_with = self.dataset.meta.get("tokenizer", {}).get("hash")
         if dist.is_main and encoded_with and len(encoded_with) == 64:
-            from ptr.encode.layout import tokenizer_hash
-
             if tokenizer_hash(self.tokenizer) != encoded_with:
                 self.say(
                     f"warning: {cfg.data_path} was encoded with another tokenizer than {cfg.model_path}'s"
@@ -161,16 +166,12 @@ class Recipe:
 
     def _build_model(self, resume_from):
         """The LM (+ LoRA) with the weights this run starts from, wrapped in the objective."""
-        from ptr.errors import PtrError
-        from ptr.train import checkpoint, model
-        from ptr.train.data import max_token_id
-
         cfg, ds = self.cfg, self.ds
         low_precision = bool(ds.get("bf16", {}).get("enabled") or ds.get("fp16", {}).get("enabled"))
-        self.attn = model.pick_attention(
+        self.attn = packed_model.pick_attention(
             cfg.attn_implementation, self.dist.device.startswith("cuda"), low_precision
         )
-        lm = model.load_causal_lm(self.model_path, self.attn)
+        lm = packed_model.load_causal_lm(self.model_path, self.attn)
         vocab = lm.get_input_embeddings().weight.shape[0]
         if (top := max_token_id(self.dataset)) >= vocab:
             raise PtrError(f"{cfg.data_path}: token id {top} does not fit the model's vocabulary of {vocab}")
@@ -180,32 +181,30 @@ class Recipe:
             start = checkpoint.load_checkpoint_weights(resume_from), str(resume_from)
         elif cfg.load_ckpt_path and resume_from is None:
             start = checkpoint.load_checkpoint_weights(Path(cfg.load_ckpt_path)), cfg.load_ckpt_path
-        lora_start = start is not None and model.holds_lora(start[0])
+        lora_start = start is not None and packed_model.holds_lora(start[0])
         if cfg.use_lora and cfg.save_lora_adapter and start is not None and not lora_start:
             raise PtrError(
                 f"--save_lora_adapter: an adapter is stored over --model_path, but this run starts from the full "
                 f"weights of {start[1]}; export merged (drop the flag), or pass that model as --model_path"
             )
         if start is not None and not lora_start:
-            model.load_weights(lm, *start)
-        self.lora = model.lora_config(cfg.lora_config_path, self.model_path) if cfg.use_lora else None
+            packed_model.load_weights(lm, *start)
+        self.lora = packed_model.lora_config(cfg.lora_config_path, self.model_path) if cfg.use_lora else None
         if self.lora is not None:
-            lm = model.add_lora(lm, self.lora)
+            lm = packed_model.add_lora(lm, self.lora)
         if lora_start:
-            model.load_weights(lm, *start)
+            packed_model.load_weights(lm, *start)
         if cfg.gradient_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.lora is not None:
                 lm.enable_input_require_grads()
-        return model.PackedObjective(
+        return packed_model.PackedObjective(
             lm, cfg.loss_weights, cfg.beta_power
         ).train()  # from_pretrained gives eval mode
 
     def _describe(self) -> None:
         if not self.dist.is_main:
             return
-        from ptr.jsonl import write_json
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(
             self.run_dir / "config.json",
@@ -223,10 +222,6 @@ class Recipe:
     # -- train ----------------------------------------------------------------------------------
 
     def train(self, tracker) -> None:
-        from tqdm import tqdm
-
-        from ptr.train.metrics import MetricsLog
-
         self.metrics = None
         if self.dist.is_main:
             tracker.log_dataset(
@@ -262,8 +257,6 @@ class Recipe:
         return bool(by_steps or by_epochs) and done < self.total_steps  # the last step is the export
 
     def _save(self, done: int) -> None:
-        from ptr.train import checkpoint
-
         position, engine = self.batches.position(done), self.engine
         state = {
             "step": done,
@@ -286,8 +279,6 @@ class Recipe:
         self.say(f"checkpoint {path}")
 
     def tracking(self):
-        from ptr.tracking import NullRun, stage_run
-
         if not self.dist.is_main:
             return contextlib.nullcontext(NullRun())
         params = {
@@ -312,10 +303,6 @@ class Recipe:
         self.engine = None
 
     def finish(self, tracker) -> dict:
-        from ptr import storage
-        from ptr.train import checkpoint, export, model
-        from ptr.train.metrics import plot
-
         cfg, engine = self.cfg, self.engine
         digest = checkpoint.params_digest(engine)
         # Under ZeRO-3 every rank holds a shard: gather (a collective); else rank 0 exports its copy.
@@ -330,13 +317,17 @@ class Recipe:
                 from transformers import AutoModelForCausalLM
 
                 rebuilt = AutoModelForCausalLM.from_config(lm_config, attn_implementation=attn)
-                return model.add_lora(rebuilt, lora) if lora is not None else rebuilt
+                return packed_model.add_lora(rebuilt, lora) if lora is not None else rebuilt
 
             trained = export.rebuild(build, gathered) if gathered is not None else self.objective.lm
+            meta = self.dataset.meta
             provenance = {
                 "base_model": cfg.model_path,
                 "data_path": cfg.data_path,
-                "data_meta": self.dataset.meta,
+                "data_meta": meta,
+                # what the model saw in training, for evaluation and serving to default to
+                "refine_prompt": meta.get("refine_prompt", meta.get("layout", {}).get("refine_prompt")),
+                "layout": meta.get("layout"),
                 "steps": self.total_steps,
                 "loss_weights": list(cfg.loss_weights),
                 "beta": cfg.beta,
@@ -346,7 +337,12 @@ class Recipe:
                 "params_sha256": digest,
             }
             export.export(
-                trained, self.tokenizer, final, merge_lora=not cfg.save_lora_adapter, provenance=provenance
+                trained,
+                self.tokenizer,
+                final,
+                merge_lora=not cfg.save_lora_adapter,
+                provenance=provenance,
+                stop_tokens=export.stop_token_ids(self.tokenizer, trained, meta),
             )
             storage.publish(final, f"{cfg.output_path.rstrip('/')}/{cfg.save_name}/final")
             png = plot(self.metrics.records(), self.run_dir / "loss.png")
@@ -383,9 +379,6 @@ def local_data(data_path: str, dist) -> Path:
 
     import torch.distributed as torch_dist
 
-    from ptr import storage
-    from ptr.models.cache import cache_root
-
     if not storage.is_remote(data_path):
         return Path(data_path)
     dest = cache_root() / "train-data" / hashlib.sha256(data_path.encode()).hexdigest()[:16]
@@ -397,9 +390,6 @@ def local_data(data_path: str, dist) -> Path:
 
 def local_run_dir(cfg: TrainConfig) -> Path:
     """Where this run writes: the output path itself, or a local staging folder for s3:// outputs."""
-    from ptr import storage
-    from ptr.models.cache import cache_root
-
     if storage.is_remote(cfg.output_path):
         return cache_root() / "train-staging" / cfg.save_name
     return cfg.run_dir

@@ -3,7 +3,7 @@
     python tests/gpu/bench.py all --work DIR [--dry] [--model_path DIR]     # every part, then the report
     python tests/gpu/bench.py {env|train_0.5b|train_1.5b|vllm_cached|vllm_uncached|checks} --work DIR
 
-* ``train_<size>``: the packed-sequence training step ptr trains with (``ptr.train.model.PackedObjective``
+* ``train_<size>``: the packed-sequence training step ptr trains with (``ptr.train.packed_model.PackedObjective``
   over documents packed into one 4096-token row, positions restarting per document), bf16, under
   DeepSpeed ZeRO-2 where DeepSpeed is present (else PyTorch's AdamW under bf16 autocast), with
   flash-attention's varlen kernel where flash-attn is present (else ptr's per-document SDPA). Tokens/s
@@ -141,10 +141,10 @@ def part_train(work: Path, args, shape: str) -> dict:
         return {"skipped": f"a local model was given ({args.model_path}): it is measured once, as train_0.5b"}
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ptr.train.attention import VARLEN_SDPA
-    from ptr.train.attention import register as register_varlen
     from ptr.train.data import collate
-    from ptr.train.model import PackedObjective
+    from ptr.train.packed_attention import VARLEN_SDPA
+    from ptr.train.packed_attention import register as register_varlen
+    from ptr.train.packed_model import PackedObjective
 
     device = "cpu" if dry else "cuda"
     seq_len, timed = (256, 2) if dry else (SEQ_LEN, TIMED)

@@ -121,7 +121,7 @@ def part_varlen(work: Path) -> dict:
     """A packed row (positions restarting per document) gives each document the logits it gets alone:
     documents never attend to one another. Flash-attention's varlen kernel where flash-attn is
     installed, else ptr's per-document SDPA (what training falls back to), each given the boundaries
-    the way the trainer gives them (``ptr.train.attention.packed_attention_inputs``)."""
+    the way the trainer gives them (``ptr.train.packed_attention.packed_attention_inputs``)."""
     reason = missing("transformers")
     if reason:
         return {"skipped": reason}
@@ -129,8 +129,8 @@ def part_varlen(work: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
     from ptr.models import load_tokenizer, resolve
-    from ptr.train.attention import VARLEN_SDPA, packed_attention_inputs
-    from ptr.train.attention import register as register_varlen
+    from ptr.train.packed_attention import VARLEN_SDPA, packed_attention_inputs
+    from ptr.train.packed_attention import register as register_varlen
 
     attn = "flash_attention_2" if missing("flash_attn") is None else VARLEN_SDPA
     register_varlen()

@@ -10,8 +10,8 @@ from functools import cached_property
 from pathlib import Path
 
 from ptr.errors import InputError
-from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, MultipleChoiceTask
+from ptr.evaluate.task_registry import register_task
 from ptr.records import iter_jsonl
 
 
@@ -46,6 +46,7 @@ def hub_stem_choices_doc(row: dict, where, line) -> Doc:
 
 
 class _Arc(MultipleChoiceTask):
+    data_folder = "arc"
     folder: str = ""
     default_max_new_tokens = 256
 

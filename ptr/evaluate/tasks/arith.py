@@ -11,8 +11,8 @@ import random
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, NumericTask
+from ptr.evaluate.task_registry import register_task
 
 NAMES = ["Maya", "Tom", "Aisha", "Lukas", "Priya", "Diego", "Mei", "Omar", "Sara", "Jonas", "Nia", "Ravi"]
 ITEMS = [
@@ -97,6 +97,7 @@ def make_problem(rng: random.Random, steps: int) -> tuple[str, list[str], int]:
 class Arith(NumericTask):
     title = "Arithmetic (generated)"
     needs_data = False
+    data_folder = None
     default_max_new_tokens = 192
     Options = ArithOptions
 

@@ -10,8 +10,8 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, MultipleChoiceTask
+from ptr.evaluate.task_registry import register_task
 from ptr.evaluate.tasks.arc import hub_stem_choices_doc, stem_choices_doc
 from ptr.records import iter_jsonl
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ptr.errors import InputError
 from ptr.evaluate.extract import answer_statements, clean_statement
-from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, Scored, Task, parse_qa_file
+from ptr.evaluate.task_registry import register_task
 from ptr.records import iter_jsonl
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

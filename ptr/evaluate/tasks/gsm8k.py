@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict
 
 from ptr.errors import InputError
 from ptr.evaluate.extract import normalize_number
-from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, NumericTask, parse_qa_file
+from ptr.evaluate.task_registry import register_task
 from ptr.records import iter_jsonl
 
 

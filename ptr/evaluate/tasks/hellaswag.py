@@ -12,8 +12,8 @@ from functools import cached_property
 from pathlib import Path
 
 from ptr.errors import InputError, PtrError
-from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, MultipleChoiceTask
+from ptr.evaluate.task_registry import register_task
 from ptr.records import iter_jsonl
 
 STEM = "Which ending continues the text most plausibly?\n{ctx} ..."

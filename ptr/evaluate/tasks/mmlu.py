@@ -15,8 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from ptr.errors import InputError, PtrError
-from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, MultipleChoiceTask
+from ptr.evaluate.task_registry import register_task
 
 
 class MmluOptions(BaseModel):

@@ -9,8 +9,8 @@ from functools import cached_property
 from pathlib import Path
 
 from ptr.errors import InputError
-from ptr.evaluate.registry import register_task
 from ptr.evaluate.task import Doc, MultipleChoiceTask, parse_qa_file
+from ptr.evaluate.task_registry import register_task
 from ptr.records import iter_jsonl
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ptr.evaluate.registry import register_task
+from ptr.embeddings import cosine_pairs, load
 from ptr.evaluate.task import Doc, Scored, Task, parse_qa_file
+from ptr.evaluate.task_registry import register_task
 from ptr.records import iter_jsonl
 
 _LABEL = re.compile(
@@ -72,8 +73,6 @@ class Xsum(Task):
         return self._pool
 
     def prepare(self) -> None:
-        from ptr.embeddings import load
-
         load(self.embedding_model)
 
     def extract(self, output: str, doc: Doc) -> str:
@@ -81,8 +80,6 @@ class Xsum(Task):
 
     def score_outputs(self, outputs: list[str], docs: list[Doc]) -> list[Scored]:
         from rouge_score import rouge_scorer
-
-        from ptr.embeddings import cosine_pairs
 
         summaries = [self.extract(o, d) for o, d in zip(outputs, docs, strict=True)]
         refs = [d.gold for d in docs]

@@ -16,8 +16,11 @@ import re
 from importlib import metadata
 from pathlib import Path
 
+from ptr import storage
+from ptr.cache import cached_dir
 from ptr.errors import PtrError
-from ptr.tracking import tracking_uri
+from ptr.tracking import runs
+from ptr.tracking.store import tracking_uri
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -35,8 +38,6 @@ def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
 
 def client():
     """A client for the registry (the tracking server, or the local store under ``.ptr/``)."""
-    from ptr.tracking import runs
-
     return runs.connect(tracking_uri(fallback=True))
 
 
@@ -88,8 +89,6 @@ def download_registered_model(ref: str) -> str:
     Versions are immutable, so each is downloaded once into the cache (keyed by the registry, the
     version and its source, so a recreated registry never serves a stale copy)."""
     import mlflow
-
-    from ptr.models.cache import cached_dir
 
     mlflow_client = client()
     name, alias, version = parse_ref(ref)
@@ -159,8 +158,6 @@ def register_model(
 
     Returns ``{name, version, uri, mlflow_run_id, ptr_run_id}``.
     """
-    from ptr import storage
-
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", name):
         raise PtrError(f"--name {name!r}: use letters, digits and . _ - (it becomes part of models:/ URIs)")
     source = str(model_path)
@@ -170,8 +167,6 @@ def register_model(
     config = _check_model_dir(local)
     import mlflow
     import mlflow.transformers
-
-    from ptr.tracking import runs
 
     ptr_run_id = ptr_run_id or os.environ.get("PTR_RUN_ID") or None
     size = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())

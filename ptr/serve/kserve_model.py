@@ -83,7 +83,7 @@ class RefiningModel(kserve.Model):
         refine_prompt: str | None = None,
         threads: int = 0,
         kv_cache_gib: float | None = BackendOptions.kv_cache_gib,
-        gpu_memory_share: float = BackendOptions.gpu_memory_share,
+        gpu_memory_share: float | None = BackendOptions.gpu_memory_share,
     ):
         super().__init__(name)
         self.threads = threads  # torch intra-op threads for generation (0 = torch's default)

@@ -1,4 +1,4 @@
-"""A build-once cache of model directories under ``$PTR_CACHE`` (default ``~/.cache/ptr``).
+"""A build-once cache of directories (models, downloads) under ``$PTR_CACHE`` (default ``~/.cache/ptr``).
 
 A directory is built under a temporary name while an exclusive file lock is held, then renamed into
 place: other processes either wait for the lock or find the finished directory, never a half-written one.

@@ -16,16 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptr.errors import PtrError
-from ptr.train.attention import FLASH, VARLEN_SDPA, packed_attention_inputs
-from ptr.train.attention import register as register_varlen
+from ptr.objective import DEFAULT_LOSS_WEIGHTS
 from ptr.train.loss import _at_least_fp32, loss_positions, objective
+from ptr.train.packed_attention import FLASH, VARLEN_SDPA, packed_attention_inputs
+from ptr.train.packed_attention import register as register_varlen
 
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
 
 
 def pick_attention(requested: str, on_cuda: bool, low_precision: bool) -> str:
     """Flash-attention varlen on a GPU that has it (it computes in bf16/fp16 only), else one SDPA call
-    per document (see ``ptr.train.attention``)."""
+    per document (see ``ptr.train.packed_attention``)."""
     from transformers.utils import is_flash_attn_2_available
 
     flash_ok = on_cuda and low_precision and is_flash_attn_2_available()
@@ -111,7 +112,7 @@ def load_weights(model, state_dict: dict, source: str) -> None:
 class PackedObjective(nn.Module):
     """Forward a packed micro-batch, return the objective's terms (``loss`` is the weighted total)."""
 
-    def __init__(self, lm, weights=(0.8, 0.1, 0.1), beta_power: float = 1.0):
+    def __init__(self, lm, weights=DEFAULT_LOSS_WEIGHTS, beta_power: float = 1.0):
         super().__init__()
         self.lm = lm
         self.weights, self.beta_power = tuple(weights), beta_power

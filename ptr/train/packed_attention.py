@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ptr.train.data import block_causal_mask
+
 VARLEN_SDPA = "ptr_varlen_sdpa"
 FLASH = ("flash_attention_2", "flash_attention_3")
 
@@ -65,8 +67,6 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
 
 def packed_attention_inputs(impl: str, doc_ids: torch.Tensor, dtype: torch.dtype):
     """``(attention_mask, extra model kwargs)`` that keep the documents of ``doc_ids`` apart under ``impl``."""
-    from ptr.train.data import block_causal_mask
-
     if impl not in FLASH and impl != VARLEN_SDPA:
         return block_causal_mask(doc_ids, dtype), {}
     bounds = cu_seqlens(doc_ids)
