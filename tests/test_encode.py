@@ -669,9 +669,13 @@ def test_batches_threads_and_worker_processes_write_the_same_shards(tmp_path, mo
 
     records = [thought_record(i, n_thoughts=1 + i % 3) for i in range(1200)]
     _, whole = run_encode(tmp_path, records, name="whole", merge_data=True, max_length=512, num_proc=1)
-    monkeypatch.setattr(stream, "FIRST_BATCH_CHARS", 5_000)  # ~20 batches, spread over the workers
-    monkeypatch.setattr(stream, "BATCH_CHARS", 10_000)
-    sizes = [len(b) for b in stream.batches(to_examples(records))]
+    for name, chars in (
+        ("FIRST_BATCH_CHARS", 5_000),
+        ("BATCH_CHARS", 10_000),
+        ("WORKER_BATCH_CHARS", 10_000),
+    ):
+        monkeypatch.setattr(stream, name, chars)  # ~20 batches, spread over the workers
+    sizes = [len(b) for b in stream.batches(to_examples(records), 5_000, 10_000)]
     assert len(sizes) > 10 and sizes[0] < sizes[1] and sum(sizes) == len(records)
     _, one = run_encode(tmp_path, records, name="one", merge_data=True, max_length=512, num_proc=1)
     _, two = run_encode(tmp_path, records, name="two", merge_data=True, max_length=512, num_proc=2)

@@ -173,7 +173,11 @@ class ChatLayout:
             ids = np.asarray(enc.ids, dtype=np.int32)
             segments = np.zeros(len(ids), dtype=np.uint8)
             for start, end, code in spans:
-                first, last = _token_at(enc, start, end, 1), _token_at(enc, end - 1, start - 1, -1)
+                first, last = enc.char_to_token(start), enc.char_to_token(end - 1)
+                if first is None:  # a character no token covers (trimmed whitespace): look further
+                    first = _token_at(enc, start, end, 1)
+                if last is None:
+                    last = _token_at(enc, end - 1, start - 1, -1)
                 if first is not None and last is not None and first <= last:
                     segments[first : last + 1] = code
             results[i] = (ids, segments)
