@@ -67,11 +67,14 @@ def deploy_model(
 
 
 @component
-def evaluate_base(run: dict, evaluate: dict, train: dict, run_id: str, results: Output[Dataset]):
-    """Score the base model over R refinement rounds, for comparison."""
+def evaluate_base(
+    run: dict, evaluate: dict, train: dict, promote: dict, run_id: str, results: Output[Dataset]
+):
+    """Score the base model over R refinement rounds, for comparison (and fail early when the
+    promotion metric's task has no data)."""
     from ptr.pipeline import steps
 
-    steps.evaluate_base(run, evaluate, train, results.path, run_id)
+    steps.evaluate_base(run, evaluate, train, results.path, run_id, promote=promote)
 
 
 @component

@@ -85,9 +85,9 @@ def build_pipeline(config: PipelineConfig):
             model=model.outputs["model"],
             registration=registered.outputs["registration"],
         ).set_display_name("deploy")
-        base = evaluate_base(run=run, evaluate=evaluate, train=train, run_id=run_id).set_display_name(
-            "evaluate-base"
-        )
+        base = evaluate_base(
+            run=run, evaluate=evaluate, train=train, promote=promote, run_id=run_id
+        ).set_display_name("evaluate-base")
         scored = evaluate_candidate(
             run=run,
             evaluate=evaluate,

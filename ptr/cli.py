@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ptr.tracking.cli:compare_main",
         "pipeline runs of an MLflow experiment side by side, per round",
     ),
+    "cluster": ("ptr.cluster.check:cluster_main", "check a cluster against a pipeline config before a run"),
 }
 
 

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from ptr import storage
 from ptr.errors import PtrError, cli_errors
 from ptr.files import write_json, write_text
@@ -236,8 +238,6 @@ class Stack:
         return self._spawn("mlflow", args, env)
 
     def _wait(self, name: str, proc: subprocess.Popen | None, url: str, timeout: float) -> None:
-        import httpx
-
         deadline = time.time() + timeout
         while time.time() < deadline:
             if proc is not None and proc.poll() is not None:

@@ -10,6 +10,8 @@ import functools
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
 from ptr.errors import PtrError
 
 DEFAULT = "minilm"
@@ -44,8 +46,6 @@ def cosine_pairs(a: list[str], b: list[str], name: str = DEFAULT):
     if len(a) != len(b):
         raise ValueError("cosine_pairs needs two lists of equal length")
     if not a:
-        import numpy as np
-
         return np.zeros(0, dtype=np.float32)
     emb = embed(list(a) + list(b), name)
     return (emb[: len(a)] * emb[len(a) :]).sum(axis=1)

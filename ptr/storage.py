@@ -22,6 +22,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ptr.cache import cache_root
 from ptr.errors import PtrError
 
@@ -270,8 +272,6 @@ def publish(local, uri, *, progress: Callable[[int], None] | None = None) -> Non
 @contextlib.contextmanager
 def _progress_bar(total: int, uri: str, progress: Callable[[int], None] | None):
     """A byte counter on stderr (shown on terminals only) that also forwards to ``progress``."""
-    from tqdm import tqdm
-
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {uri}", disable=None) as bar:
 
         def sent(n: int) -> None:

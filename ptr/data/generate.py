@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm import tqdm
 
 from ptr.argv import config_argv
 from ptr.data import outputs
@@ -95,8 +96,6 @@ def run_generate(config: GenerateConfig, *, pool: ModelPool | None = None) -> di
     )
     inputs = [q if config.chat else paper_prompt(q) for q in questions]
     conversations = [[{"role": "user", "content": q}] if config.chat else paper_prompt(q) for q in questions]
-
-    from tqdm import tqdm
 
     written: dict[str, int] = {}
     all_records: list[dict] = []

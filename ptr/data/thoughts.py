@@ -21,6 +21,8 @@ import sys
 import time
 from collections import Counter
 
+from tqdm import tqdm
+
 from ptr import storage
 from ptr.data import filters, imported, outputs
 from ptr.data.chains import ChainRun, Scorer, final_answer_conversation, process_batch
@@ -159,8 +161,6 @@ def run_thoughts(
 
 def _generate(run: ChainRun, todo: list[dict], staged) -> int:
     """Chains for ``todo``, appended batch by batch (published now and then); returns how many were kept."""
-    from tqdm import tqdm
-
     config, kept = run.config, 0
     last_publish = time.monotonic()
     with tqdm(

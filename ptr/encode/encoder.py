@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from tqdm import tqdm
 
 from ptr import storage
 from ptr.argv import config_argv
@@ -230,8 +231,6 @@ def write_corpus(
     directory: Path, examples: Iterable[Example], setup: TokenizerSetup, cfg: EncodeConfig, tally: Tally
 ) -> list[str]:
     """Stream the examples through the layout and the tokenizer into shards; returns the shard names."""
-    from tqdm import tqdm  # the progress bar only where there is work to show
-
     writer = CorpusWriter(directory, cfg, setup, tally)
     num_proc = cfg.num_proc or stream.default_num_proc()
     with tqdm(desc=f"encode {cfg.corpus_name}", unit="ex", file=sys.stderr, mininterval=2) as bar:

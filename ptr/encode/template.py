@@ -12,6 +12,8 @@ taking a message) makes it content-sensitive, and the encoder renders every exam
 from __future__ import annotations
 
 from jinja2 import nodes
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _EMIT_THROUGH = (nodes.Add, nodes.Concat)
 
@@ -22,9 +24,6 @@ def _environment():
 
         return _compile_jinja_template("").environment
     except Exception:
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
         return ImmutableSandboxedEnvironment(extensions=[loopcontrols])
 
 

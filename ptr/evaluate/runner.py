@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ptr import tracking
 from ptr.errors import InputError, PtrError
 from ptr.evaluate.config import EvalConfig, TaskConfig, default_model_name
@@ -133,8 +135,6 @@ def _run_params(config: EvalConfig, refine_prompt: str | None) -> dict:
 def evaluate(config: EvalConfig, backend=None) -> EvalResults:
     """Evaluate one model: every task, ``config.rounds`` rounds, files under
     ``<output_path>/<save_name>/``, metrics and files tracked in MLflow when it is configured."""
-    from tqdm import tqdm
-
     tasks = build_tasks(config)
     docs = {t.name: t.docs() for t in tasks}  # bad data fails here, before the model loads
     for task in tasks:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tqdm import tqdm
+
 from ptr.errors import InputError, PtrError, cli_errors
 from ptr.inference import (
     BACKENDS,
@@ -114,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
             on_round=show,
         )
         return 0
-
-    from tqdm import tqdm
 
     with tqdm(total=len(conversations) * args.rounds, desc="refine", unit="gen", file=sys.stderr) as bar:
         results = refine(

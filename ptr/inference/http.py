@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import time
 
+import httpx
+
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
@@ -36,16 +38,12 @@ class JsonClient:
         headers: dict | None = None,
         connections: int | None = None,
     ):
-        import httpx
-
         self.base_url = base_url.rstrip("/")
         self.max_retries, self.backoff = max_retries, backoff
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self.client = httpx.Client(timeout=timeout, headers=headers or {}, limits=limits)
 
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
-        import httpx
-
         url = self.base_url + path
         for attempt in range(self.max_retries + 1):
             try:

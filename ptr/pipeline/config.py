@@ -358,17 +358,31 @@ class PipelineConfig(Section):
                 f"evaluate at least {k} rounds"
             )
         metric = gate.parse_metric(self.promote.primary)
-        if metric.task not in self.evaluate.tasks:
-            raise ValueError(
-                f"promote.primary {self.promote.primary!r} names task {metric.task!r}, which is not among "
-                f"evaluate.tasks {self.evaluate.tasks}"
-            )
         if metric.k != k:
             raise ValueError(
                 f"promote.primary {self.promote.primary!r} scores round {metric.k}, but with "
                 f"data.num_thoughts = {t} the model is trained to answer in round {k}: name round {k} "
                 f"({metric.task}.{metric.kind}{k})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _promotion_is_evaluated(self):
+        """The gate's metrics must be ones evaluation produces; else a run trains for hours and then
+        cannot promote."""
+        for name in (self.promote.primary, *self.promote.guards):
+            try:
+                metric = gate.parse_metric(name)
+            except PtrError as err:
+                raise ValueError(f"promote: {err}") from None
+            if metric.task not in self.evaluate.tasks:
+                raise ValueError(
+                    f"promote: {name} needs task {metric.task} in evaluate.tasks {self.evaluate.tasks}"
+                )
+            if metric.k > self.evaluate.rounds:
+                raise ValueError(
+                    f"promote: {name} needs round {metric.k}, evaluate.rounds is {self.evaluate.rounds}"
+                )
         return self
 
     def arguments(self) -> dict[str, dict]:

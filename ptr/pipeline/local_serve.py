@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from ptr.errors import PtrError
 from ptr.pipeline.launch import REPO
 from ptr.procs import free_port, pid_alive
@@ -25,8 +27,6 @@ def start(
 ) -> dict:
     """Start the server (gathering up to ``max_batch_size`` generations into one call) and wait until
     KServe reports the model ready."""
-    import httpx
-
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -19,6 +19,9 @@ import os
 import re
 from pathlib import Path
 
+import jsonschema
+import yaml
+
 from ptr import images
 
 API_VERSION = "serving.kserve.io/v1beta1"
@@ -171,8 +174,6 @@ def inference_service(
 
 
 def to_yaml(manifest: dict) -> str:
-    import yaml
-
     return yaml.safe_dump(manifest, sort_keys=False)
 
 
@@ -193,8 +194,6 @@ def find_crd(filename: str = CRD_FILE) -> Path | None:
 @functools.lru_cache(maxsize=4)
 def crd_schema(path: Path, version: str = "v1beta1") -> dict:
     """The CRD's OpenAPI schema for ``version`` (parsed once per process: the file is ~2 MB)."""
-    import yaml
-
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     crd = yaml.load(Path(path).read_text(), Loader=loader)
     for v in crd["spec"]["versions"]:
@@ -227,8 +226,6 @@ def _unknown_fields(obj, schema: dict, where: str) -> list[str]:
 
 def validate(manifest: dict, crd_path: Path | str | None = None) -> list[str]:
     """Every problem with ``manifest`` under the CRD (empty when it is valid)."""
-    import jsonschema
-
     path = Path(crd_path) if crd_path else find_crd()
     if path is None:
         raise FileNotFoundError(f"{CRD_FILE} not found (set PTR_CRD_DIR or put it in ../shared/crds)")

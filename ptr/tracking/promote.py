@@ -143,12 +143,14 @@ def promote(
     n_boot: int = gate.N_BOOT,
     seed: int = 0,
     confidence: float = gate.CONFIDENCE,
+    move_alias: bool = True,
     reference: Reference | None = None,
 ) -> Promotion:
     """Decide and act: find the candidate and the champion, read their evaluations, apply the rule,
     record the decision and move the ``champion`` alias when the candidate wins. With no champion
     yet, the candidate must beat ``reference`` (the pipeline passes its base model's evaluation).
-    Raises PtrError when evidence is missing."""
+    Raises PtrError when evidence is missing. With ``move_alias=False`` the alias stays: the caller
+    crowns the candidate (:func:`crown`) once production serves it."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: no bars
     rule = _Rule(
         gate.parse_metric(primary),
@@ -166,7 +168,17 @@ def promote(
     report["decision"] = decision.as_dict()
     if champion != candidate:  # already the champion: nothing to record or move
         _record(mlflow_client, name, candidate, champion, rule, decision, report)
+        if decision.promote and move_alias:
+            crown(name, candidate, champion)
     return Promotion(name, candidate, champion, decision, report)
+
+
+def crown(name: str, candidate: str, champion_before: str | None) -> None:
+    """Point the ``champion`` alias at ``candidate`` (and note on the old champion who replaced it)."""
+    mlflow_client = client()
+    mlflow_client.set_registered_model_alias(name, CHAMPION, candidate)
+    if champion_before and champion_before != candidate:
+        mlflow_client.set_model_version_tag(name, champion_before, "ptr.promotion.replaced_by", candidate)
 
 
 def _versions(mlflow_client, name: str, version: str | None) -> tuple[str, str | None]:
@@ -247,10 +259,6 @@ def _record(mlflow_client, name, candidate, champion, rule: _Rule, decision, rep
         run.log_dict(report, "promotion.json")
         run.log_text(summary(report), "summary.md")
         _tag_version(mlflow_client, name, candidate, report, outcome, run.run_id)
-        if decision.promote:
-            mlflow_client.set_registered_model_alias(name, CHAMPION, candidate)
-            if champion:
-                mlflow_client.set_model_version_tag(name, champion, "ptr.promotion.replaced_by", candidate)
 
 
 def _alias_or_none(mlflow_client, name: str, alias: str):

@@ -16,6 +16,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import httpx
+
 from ptr.errors import PtrError
 from ptr.tracking import plots
 from ptr.tracking.store import local_dir
@@ -82,8 +84,6 @@ def connect(uri: str):
 
 
 def _check_server(uri: str) -> None:
-    import httpx
-
     try:
         httpx.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
     except httpx.HTTPError as err:

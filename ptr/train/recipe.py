@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
 from ptr import storage
 from ptr.cache import cache_root
 from ptr.encode.layout import tokenizer_hash
@@ -99,7 +102,6 @@ class Recipe:
 
     def setup(self) -> None:
         import deepspeed
-        import numpy as np
         import torch
         from deepspeed.utils import logger as ds_logger
 
@@ -217,8 +219,6 @@ class Recipe:
     # -- train ----------------------------------------------------------------------------------
 
     def train(self, tracker) -> None:
-        from tqdm import tqdm
-
         self.metrics = None
         if self.dist.is_main:
             tracker.log_dataset(

@@ -1,15 +1,17 @@
 """Encoder throughput versus the raw fast-tokenizer batch encode of the same texts (the limit) and
 versus ``datasets.map(batched=True)`` tokenization.
 
-10,000 PTR chat examples (query, one thought, final answer) of about 300 tokens each, SmolLM2's
+10,000 PTR chat examples (query, one thought, final answer) of about 340 tokens each, SmolLM2's
 tokenizer. The encoder runs end to end (JSONL in, chat template, segment codes, best-fit packing,
 shards on disk, tokenizer loading included); the two references only tokenize the already-templated
-texts in memory. Each figure is the best of a few runs (the machine is shared). The last line of
-stdout is one JSON object: ``ratio`` = encoder tokens/s ÷ raw limit tokens/s (wall clock);
-``ratio_vs_datasets_map`` beside it, and both again from CPU seconds (``*_cpu``), which a loaded
-machine disturbs less.
+texts in memory. A run times the raw encode and the encoder back to back (so load on a shared machine
+affects both), each the best of ``--repeats``; ``--runs`` runs give as many ratios. The last line of
+stdout is one JSON object: ``ratio`` = the median over runs of encoder tokens/s ÷ raw limit tokens/s
+(wall clock), ``ratios`` every run's, ``ratio_min`` the lowest; the same from CPU seconds (``*_cpu``,
+all threads of this process and its workers), which a loaded machine disturbs less; and
+``ratio_vs_datasets_map`` from one datasets.map timing.
 
-    .venv/bin/python tests/bench/encode.py [--examples 10000] [--repeats 3]
+    .venv/bin/python tests/bench/encode.py [--examples 10000] [--runs 5] [--repeats 1] [--num_proc N]
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from tqdm import tqdm  # noqa: E402
 
 from ptr.encode.encoder import EncodeConfig, encode  # noqa: E402
 from ptr.encode.records import RefinePrompt, ptr_example  # noqa: E402
@@ -65,21 +71,29 @@ def make_records(n: int, seed: int = 0) -> list[dict]:
     ]
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its finished child processes (workers)."""
+    own = time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own + children.ru_utime + children.ru_stime
+
+
 def best_of(repeats: int, func):
-    """(best wall seconds, best CPU seconds of this process and its threads, last result)."""
+    """(best wall seconds, best CPU seconds, last result)."""
     walls, cpus, result = [], [], None
     for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), cpu_seconds()
         result = func()
         walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
+        cpus.append(cpu_seconds() - cpu)
     return min(walls), min(cpus), result
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=10_000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--num_proc", type=int, default=None)
     args = ap.parse_args()
 
@@ -98,22 +112,6 @@ def main() -> int:
     try:
         data = work / "thoughts.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-        raw_s, raw_cpu, raw = best_of(
-            args.repeats, lambda: tokenizer(texts, add_special_tokens=False)["input_ids"]
-        )
-        tokens = sum(map(len, raw))
-
-        dataset = Dataset.from_dict({"text": texts})
-        ds_s, ds_cpu, _ = best_of(
-            args.repeats,
-            lambda: dataset.map(
-                lambda b: tokenizer(b["text"], add_special_tokens=False),
-                batched=True,
-                remove_columns=["text"],
-            ),
-        )
-
         cfg = EncodeConfig(
             tokenizer_path=TOKENIZER,
             input=str(data),
@@ -124,17 +122,46 @@ def main() -> int:
             merge_data=True,
             num_proc=args.num_proc,
         )
-        enc_s, enc_cpu, summary = best_of(args.repeats, lambda: encode(cfg))
+
+        def raw():
+            return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+        tokens = sum(map(len, raw()))
+        summary = encode(cfg)  # warm: imports and first-use caches are no part of a run
         if summary["tokens"] != tokens:
             raise SystemExit(f"encoder wrote {summary['tokens']} tokens, raw encode gives {tokens}")
+        runs = []
+        for _ in tqdm(range(args.runs), desc="runs (raw, then encoder)", file=sys.stderr):
+            raw_s, raw_cpu, _ = best_of(args.repeats, raw)
+            enc_s, enc_cpu, _ = best_of(args.repeats, lambda: encode(cfg))
+            runs.append({"raw_s": raw_s, "raw_cpu": raw_cpu, "enc_s": enc_s, "enc_cpu": enc_cpu})
+
+        dataset = Dataset.from_dict({"text": texts})
+        ds_s, ds_cpu, _ = best_of(
+            args.repeats,
+            lambda: dataset.map(
+                lambda b: tokenizer(b["text"], add_special_tokens=False),
+                batched=True,
+                remove_columns=["text"],
+            ),
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    ratios = [r["raw_s"] / r["enc_s"] for r in runs]
+    ratios_cpu = [r["raw_cpu"] / r["enc_cpu"] for r in runs]
+    enc_s = statistics.median(r["enc_s"] for r in runs)
+    enc_cpu = statistics.median(r["enc_cpu"] for r in runs)
+    raw_s = statistics.median(r["raw_s"] for r in runs)
+    raw_cpu = statistics.median(r["raw_cpu"] for r in runs)
     result = {
-        "ratio": round(raw_s / enc_s, 3),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_min": round(min(ratios), 3),
+        "ratios": [round(x, 3) for x in ratios],
+        "ratio_cpu": round(statistics.median(ratios_cpu), 3),
+        "ratio_cpu_min": round(min(ratios_cpu), 3),
+        "ratios_cpu": [round(x, 3) for x in ratios_cpu],
         "ratio_vs_datasets_map": round(ds_s / enc_s, 3),
-        # CPU seconds (all threads) are steadier than wall time on a shared machine.
-        "ratio_cpu": round(raw_cpu / enc_cpu, 3),
         "ratio_vs_datasets_map_cpu": round(ds_cpu / enc_cpu, 3),
         "encoder_tokens_per_s": round(tokens / enc_s),
         "raw_tokenizer_tokens_per_s": round(tokens / raw_s),
@@ -145,11 +172,14 @@ def main() -> int:
         "encoder_cpu_s": round(enc_cpu, 3),
         "raw_tokenizer_cpu_s": round(raw_cpu, 3),
         "datasets_map_cpu_s": round(ds_cpu, 3),
+        "runs": args.runs,
+        "repeats": args.repeats,
         "examples": args.examples,
         "tokens": tokens,
         "tokens_per_example": round(tokens / args.examples, 1),
         "tokenizer": TOKENIZER,
         "encoder_includes": "tokenizer load, JSONL read, chat template, codes, packing, shard write",
+        "num_proc": args.num_proc,
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "default"),
         "cpu_count": os.cpu_count(),
         "loadavg_1m": round(os.getloadavg()[0], 2),

@@ -12,7 +12,7 @@ from ptr.pipeline.config import section
 from ptr.pipeline.steps.common import announce, describe_run, read_record, set_context, timed
 from ptr.records import iter_jsonl
 from ptr.tracking import gate, log_to_pipeline
-from ptr.tracking.promote import Reference, summary
+from ptr.tracking.promote import Reference, crown, summary
 from ptr.tracking.promote import promote as run_promote
 
 
@@ -26,30 +26,42 @@ def promote(
     run_id: str,
 ) -> dict:
     """Compare the candidate with the champion in MLflow — with no champion yet, with the base
-    model's evaluation from this run (``base_dir``); when promoted on a cluster, point the production
-    InferenceService at the new champion. Writes ``decision.json``; puts the candidate's and the base
-    model's scores, their differences and the decision on the parent run."""
+    model's evaluation from this run (``base_dir``). On a cluster, a winner is copied to its
+    version's folder, production rolls out there, and only once it serves the new model does the
+    ``champion`` alias move (a failed rollout leaves alias and production as they were); the
+    candidate's InferenceService is deleted at the end either way. Writes ``decision.json``; puts the
+    candidate's and the base model's scores, their differences and the decision on the parent run."""
     run, promote = section("run", run), section("promote", promote)
     set_context(run, run_id)
     describe_run(run=run, promote=promote)
     registration = read_record(registration_dir, "registration.json")
     announce("promote", promote)
     base = load_results(Path(base_dir) / "base")
-    with timed("promote", run, run_id):
-        promotion = run_promote(
-            registration["name"],
-            version=registration["version"],
-            primary=promote.primary,
-            guards=[f"{metric}:{tolerance:g}" for metric, tolerance in promote.guards.items()],
-            min_delta=promote.min_delta,
-            reference=reference(base, promote.primary),
-        )
-    print(summary(promotion.report), end="", flush=True)
-    decision = {"promoted": promotion.promoted, "reason": promotion.decision.reason, **registration}
-    if promotion.promoted and run.runtime == "kubernetes":
-        decision["production"] = cluster_serving.follow_champion(
-            run.kube, registration, model_name=run.model_name, run_id=run_id
-        )
+    on_cluster = run.runtime == "kubernetes"
+    try:
+        with timed("promote", run, run_id):
+            promotion = run_promote(
+                registration["name"],
+                version=registration["version"],
+                primary=promote.primary,
+                guards=[f"{metric}:{tolerance:g}" for metric, tolerance in promote.guards.items()],
+                min_delta=promote.min_delta,
+                move_alias=not on_cluster,
+                reference=reference(base, promote.primary),
+            )
+        print(summary(promotion.report), end="", flush=True)
+        decision = {"promoted": promotion.promoted, "reason": promotion.decision.reason, **registration}
+        if promotion.promoted and on_cluster:
+            served = cluster_serving.publish_version(
+                run.kube, registration["model"], name=registration["name"], version=registration["version"]
+            )
+            decision["production"] = cluster_serving.follow_champion(
+                run.kube, {**registration, "model": served}, model_name=run.model_name, run_id=run_id
+            )
+            crown(promotion.name, promotion.candidate, promotion.champion_before)
+    finally:
+        if on_cluster:
+            cluster_serving.remove_candidate(run.kube, model_name=run.model_name, run_id=run_id)
     write_json(Path(out_dir) / "decision.json", decision)
     trained = load_results(Path(results_dir) / "trained")
     log_to_pipeline(

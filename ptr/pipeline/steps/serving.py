@@ -15,7 +15,7 @@ from ptr.evaluate.task_registry import get_task
 from ptr.files import write_json
 from ptr.models import resolve
 from ptr.pipeline import local_serve, stage_cache
-from ptr.pipeline.config import Evaluate, Run, section
+from ptr.pipeline.config import Evaluate, Promote, Run, section
 from ptr.pipeline.report import comparison_table, read_metrics
 from ptr.pipeline.steps.common import (
     announce,
@@ -26,6 +26,7 @@ from ptr.pipeline.steps.common import (
     set_context,
     timed,
 )
+from ptr.tracking.gate import parse_metric
 
 
 def deploy(
@@ -76,6 +77,18 @@ def available_tasks(evaluate: Evaluate) -> tuple[list[str], dict[str, str], str 
     return kept, skipped, data_dir
 
 
+def _promotion_has_data(evaluate: Evaluate, promote: Promote) -> None:
+    _, skipped, data_dir = available_tasks(evaluate)
+    for name in (promote.primary, *promote.guards):
+        task = parse_metric(name).task
+        if task in skipped:
+            raise PtrError(
+                f"promote uses {name}, but task {task} has no data here ({skipped[task]}): the run could "
+                f"never promote. Stage the data under {data_dir or 'evaluate.data_dir'} (README, 'Evaluation "
+                "data') or choose another promote.primary"
+            )
+
+
 def _evaluate(
     evaluate: Evaluate,
     run: Run,
@@ -114,13 +127,18 @@ def _evaluate(
     return skipped
 
 
-def evaluate_base(run: dict, evaluate: dict, train: dict, out_dir: str, run_id: str) -> dict:
+def evaluate_base(
+    run: dict, evaluate: dict, train: dict, out_dir: str, run_id: str, promote: dict | None = None
+) -> dict:
     """The base model (``train.base_model``), asked and asked to refine, for the side-by-side table
-    and for the gate while there is no champion. Reused across runs with the same base model, tasks
-    and settings (the stage cache)."""
+    and for the gate while there is no champion. It runs first, beside the data steps, so a promotion
+    metric whose task has no data fails the run here, before training. Reused across runs with the
+    same base model, tasks and settings (the stage cache)."""
     run, evaluate, train = section("run", run), section("evaluate", evaluate), section("train", train)
     set_context(run, run_id)
     describe_run(evaluate=evaluate)
+    if promote is not None:
+        _promotion_has_data(evaluate, section("promote", promote))
     out = Path(out_dir)
     skipped = _evaluate(
         evaluate,

@@ -155,6 +155,7 @@ def train(run: dict, train: dict, shards_dir: str, out_dir: str, run_id: str) ->
             run_id=run_id,
             nodes=train.num_nodes,
             nproc_per_node=train.nproc_per_node,
+            experiment=run.experiment,
         )
     location["run_id"] = run_id
     write_json(out / "location.json", location)
