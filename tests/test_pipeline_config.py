@@ -307,13 +307,13 @@ def test_promotion_metrics_must_be_evaluated():
     """Item 20: a promote metric whose task or round evaluation never produces fails at load time."""
     with pytest.raises(PtrError, match=r"promote: gsm8k.round3 needs task gsm8k in evaluate.tasks"):
         load_config(overrides={"evaluate": {"tasks": ["arith"]}, "promote": {"primary": "gsm8k.round3"}})
-    with pytest.raises(PtrError, match=r"needs round 3, evaluate.rounds is 2"):
-        load_config(overrides={"evaluate": {"rounds": 2}, "promote": {"primary": "arith.round3"}})
+    with pytest.raises(PtrError, match=r"needs round 4, evaluate.rounds is 3"):
+        load_config(overrides={"promote": {"primary": "arith.round3", "guards": {"arith.round4": 0.0}}})
     with pytest.raises(PtrError, match=r"mmlu.round1 needs task mmlu"):
         load_config(
             overrides={
                 "evaluate": {"tasks": ["arith"]},
-                "promote": {"primary": "arith.round2", "guards": {"mmlu.round1": 0.01}},
+                "promote": {"primary": "arith.round3", "guards": {"mmlu.round1": 0.01}},
             }
         )
 
