@@ -47,6 +47,7 @@ def pytorchjob_example(config: PipelineConfig) -> dict:
         EXAMPLE_RUN_ID,
         nodes=config.train.num_nodes,
         nproc_per_node=config.train.nproc_per_node,
+        experiment=config.run.experiment,
     )
     return to_dict(job)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.ptr_pipeline import build_pipeline, compile_pipeline
+from ptr.cluster import kfp_client
 from ptr.errors import PtrError, cli_errors
 from ptr.pipeline.config import PipelineConfig, load_config
 from ptr.tracking import local_store_uri
@@ -50,16 +51,18 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 # ------------------------------------------------------------------------------------- cluster
 
 
-def submit(config: PipelineConfig, host: str, *, client=None, run_name: str | None = None) -> str:
-    """Compile with the config's cluster settings, submit, return the run's URL."""
-    import kfp
-
+def submit(
+    config: PipelineConfig, host: str, *, client=None, run_name: str | None = None, env: dict | None = None
+) -> str:
+    """Compile with the config's cluster settings, submit (to the profile namespace in multi-user KFP,
+    with the credentials of the environment: ptr.cluster.kfp_client), return the run's URL."""
     if config.run.runtime != "kubernetes":
         raise PtrError(
             "submitting to Kubeflow needs run.runtime: kubernetes (see pipelines/configs/cluster-example.yaml)"
         )
     cluster = config.run.kube
-    client = client or kfp.Client(host=host, namespace=os.environ.get("KFP_NAMESPACE") or None)
+    namespace = kfp_client.run_namespace(cluster.kfp_mode, cluster.namespace, env)
+    client = client or kfp_client.connect(host, mode=cluster.kfp_mode, namespace=cluster.namespace, env=env)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(config, Path(tmp) / "ptr_pipeline.yaml")
         result = client.create_run_from_pipeline_package(
@@ -67,10 +70,12 @@ def submit(config: PipelineConfig, host: str, *, client=None, run_name: str | No
             arguments=config.arguments(),
             run_name=run_name or f"ptr-{time.strftime('%Y%m%d-%H%M%S')}",
             experiment_name=config.run.experiment,
-            namespace=os.environ.get("KFP_NAMESPACE") or None,
+            namespace=namespace,
             service_account=cluster.service_account,
         )
-    return f"{host.rstrip('/')}/#/runs/details/{result.run_id}"
+    return kfp_client.run_url(
+        host, result.run_id, mode=cluster.kfp_mode, namespace=cluster.namespace, env=env
+    )
 
 
 # --------------------------------------------------------------------------------------- local

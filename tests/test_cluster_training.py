@@ -45,7 +45,7 @@ def _job(run, train, with_ds=True):
     config = train.train_config("local-shards", "local-output", seed=run.seed)
     plan = training.plan(run.kube, config, RUN_ID, with_ds_config=with_ds)
     job = training.training_job(
-        run.kube, plan, RUN_ID, nodes=train.num_nodes, nproc_per_node=train.nproc_per_node
+        run.kube, plan, RUN_ID, nodes=train.num_nodes, nproc_per_node=train.nproc_per_node, experiment="exp-a"
     )
     return plan, job
 
@@ -69,9 +69,15 @@ def test_two_node_job_matches_the_crd_and_carries_the_run_id():
         assert {"mountPath": "/mnt/ptr", "name": "work"} in container["volumeMounts"]
         assert {"name": "work", "persistentVolumeClaim": {"claimName": "ptr-work"}} in pod["spec"]["volumes"]
         assert pod["spec"]["nodeSelector"] == {"pool": "gpu"}
-        assert pod["spec"]["serviceAccountName"] == "ptr-pipeline"
+        # item 2: training code runs as the workload account, with no API token
+        assert pod["spec"]["serviceAccountName"] == "ptr-workload"
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert pod["spec"]["securityContext"] == {"fsGroup": 1000, "runAsGroup": 1000, "runAsUser": 1000}
         env = {e["name"]: e for e in container["env"]}
         assert env["PTR_RUN_ID"]["value"] == RUN_ID
+        # item 12: the run's MLflow experiment (not the tracking module's default) and the S3 endpoint
+        assert env["PTR_EXPERIMENT"]["value"] == "exp-a"
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://ptr-s3:8333"
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "ptr-s3-credentials"
         command = container["command"]
         assert command[:3] == ["python", "-m", "ptr.cluster.job_entry"]
@@ -207,6 +213,9 @@ def test_replicas_restart_only_on_retryable_exits_and_finished_jobs_expire():
     validate_custom(obj)
     for spec in obj["spec"]["pytorchReplicaSpecs"].values():
         assert spec["restartPolicy"] == "ExitCode"
+        command = spec["template"]["spec"]["containers"][0]["command"]
+        train_flags = command[command.index("--") + 1 :]
+        assert train_flags[train_flags.index("--resume") + 1] == "auto"
     policy = obj["spec"]["runPolicy"]
     assert policy["ttlSecondsAfterFinished"] > 0 and policy["backoffLimit"] >= 1
     assert policy["activeDeadlineSeconds"] == run.kube.job_timeout_s

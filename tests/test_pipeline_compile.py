@@ -42,7 +42,7 @@ def test_dag_is_the_ptr_order(tmp_path):
     for before, after in zip(ORDER, ORDER[1:], strict=False):
         assert before in graph[after] or (after == "evaluate" and "deploy" in graph[after]), (before, after)
     assert graph["evaluate-base"] == set() and "evaluate-base" in graph["evaluate"]
-    assert graph["promote"] == {"register", "evaluate"}
+    assert graph["promote"] == {"register", "evaluate", "evaluate-base"}  # no champion: the base is the bar
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
         "run",
         "data",
@@ -115,14 +115,34 @@ class FakeKfpClient:
 def test_submission_compiles_with_the_config_and_prints_the_url():
     config = load_config(REPO / "pipelines/configs/cluster-example.yaml", {"train": {"max_steps": 9}})
     client = FakeKfpClient()
-    url = runner.submit(config, "https://kfp.example.com/", client=client, run_name="r")
-    assert url == "https://kfp.example.com/#/runs/details/run-123"
+    url = runner.submit(config, "https://kfp.example.com/pipeline", client=client, run_name="r", env={})
+    assert url == "https://kfp.example.com/_/pipeline/?ns=ptr#/runs/details/run-123"  # the dashboard's link
     (call,) = client.calls
     assert (
         call["arguments"]["train"]["max_steps"] == 9 and call["arguments"]["run"]["runtime"] == "kubernetes"
     )
     assert call["service_account"] == "ptr-pipeline" and call["experiment_name"] == "ptr"
+    assert call["namespace"] == "ptr"  # item 3: multi-user KFP runs in the profile namespace
     assert call["package"]["pipelineInfo"]["name"] == "ptr"
+
+
+def test_standalone_submission_names_no_namespace():
+    """Item 3: standalone KFP runs everything in its own namespace and takes none from the client."""
+    config = load_config(
+        REPO / "pipelines/configs/cluster-example.yaml",
+        {
+            "run": {
+                "cluster": {
+                    **load_config(REPO / "pipelines/configs/cluster-example.yaml").run.kube.model_dump(),
+                    "namespace": "kubeflow",
+                    "kfp_mode": "standalone",
+                }
+            }
+        },
+    )
+    client = FakeKfpClient()
+    url = runner.submit(config, "http://127.0.0.1:8080", client=client, run_name="r", env={})
+    assert client.calls[0]["namespace"] is None and url == "http://127.0.0.1:8080/#/runs/details/run-123"
 
 
 def test_submission_refuses_a_local_config():

@@ -309,3 +309,38 @@ def test_smollm_weak_and_strong_produce_kept_records(tmp_path, smollm_path):
             assert "<|im_" not in t["text"] and "<|endoftext|>" not in t["text"]
     kept = [r for r in rows if r["kept"]]
     assert all(len(r["thoughts"]) == 2 and r["answer"]["text"] for r in kept)
+
+
+def test_vllm_engines_held_together_split_the_gpu_memory(monkeypatch):
+    """Item 17: the thoughts step holds every weak model and the strong one at once; vLLM reserves its
+    gpu_memory_utilization of the whole GPU per engine up front, so two engines at 0.85 cannot share a
+    GPU. The pool divides the share among the distinct vLLM models of the run (one model used for
+    several roles is one engine)."""
+    from ptr.data import model_pool
+
+    loaded = []
+    monkeypatch.setattr(
+        model_pool, "load_backend", lambda kind, ref, options: loaded.append((kind, ref, options)) or object()
+    )
+    pool = model_pool.ModelPool()
+    weak = model_pool.parse_spec("Qwen/Qwen2-0.5B-Instruct", "vllm", None)
+    strong = model_pool.parse_spec("Qwen/Qwen2-1.5B-Instruct", "vllm", None)
+    pool.plan([weak, weak, strong])
+    pool.get(weak), pool.get(strong), pool.get(weak)
+    shares = [options.gpu_memory_share for _, _, options in loaded]
+    assert len(loaded) == 2 and shares == [0.425, 0.425] and sum(shares) <= model_pool.VLLM_GPU_MEMORY
+
+    loaded.clear()
+    one = model_pool.ModelPool()
+    one.plan([weak, weak])
+    one.get(weak)
+    assert loaded[0][2].gpu_memory_share == model_pool.VLLM_GPU_MEMORY
+
+    # and the vLLM backend hands it to the engine
+    from ptr.inference.backend import BackendOptions
+    from ptr.inference.vllm_backend import VLLMBackend
+
+    captured = {}
+    monkeypatch.setattr(VLLMBackend, "__init__", lambda self, ref, **kw: captured.update(kw))
+    VLLMBackend.from_options("m", BackendOptions(gpu_memory_share=0.425))
+    assert captured["gpu_memory_utilization"] == 0.425

@@ -83,7 +83,11 @@ def _pod_template(container, resources: Resources, cluster: Cluster, labels: dic
         spec=k8s.V1PodSpec(
             containers=[container],
             volumes=volumes or None,
-            service_account_name=cluster.service_account,
+            # the workload account: training code holds no API rights, and no token is mounted
+            service_account_name=cluster.workload_service_account,
+            automount_service_account_token=False,
+            # the images' user; fsGroup makes volumes that support it group-writable for it
+            security_context=k8s.V1PodSecurityContext(run_as_user=1000, run_as_group=1000, fs_group=1000),
             node_selector=cluster.node_selector or None,
             tolerations=[k8s.V1Toleration(**t.model_dump(exclude_none=True)) for t in cluster.tolerations]
             or None,

@@ -61,14 +61,24 @@ class Cluster(Section):
     """Kubernetes settings: only read when ``run.runtime`` is ``kubernetes``."""
 
     namespace: str = "ptr"
+    # multi-user: the namespace is a KFP profile namespace and runs are submitted to it; standalone:
+    # runs execute in KFP's own namespace (then namespace names that one, usually kubeflow).
+    kfp_mode: Literal["multi-user", "standalone"] = "multi-user"
     image: str = DEFAULT_IMAGE
     gpu_image: str = DEFAULT_GPU_IMAGE
+    # The steps' account (KFP's launcher needs, PyTorchJobs, InferenceServices: manifests/base/rbac.yaml)
+    # and the account of training pods and model servers, which has no API rights.
     service_account: str = "ptr-pipeline"
+    workload_service_account: str = "ptr-workload"
     storage: Storage = Storage(pvc="ptr-work")
     # Secrets whose keys every step and training pod receives as environment variables of the same
     # name (S3 credentials; add MLflow credentials here when the server asks for them).
     env_secrets: dict[str, list[str]] = {"ptr-s3-credentials": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]}
-    env: dict[str, str] = {"MLFLOW_TRACKING_URI": "http://mlflow.ptr.svc.cluster.local:5000"}
+    # The services of manifests/ in the run's namespace: MLflow, and S3 for steps and training pods.
+    env: dict[str, str] = {
+        "MLFLOW_TRACKING_URI": "http://ptr-mlflow:5000",
+        "AWS_ENDPOINT_URL": "http://ptr-s3:8333",
+    }
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
     train_resources: Resources = Resources(cpu="8", memory="64Gi", gpus=1)
@@ -78,6 +88,9 @@ class Cluster(Section):
     step_resources: Resources = Resources(cpu="2", memory="8Gi")
     # ptr: the custom predictor (ptr serve); huggingface: KServe's Hugging Face runtime with vLLM.
     serving_runtime: Literal["ptr", "huggingface"] = "ptr"
+    # KServe's deployment mode (set on each InferenceService, so readiness is read the right way):
+    # Serverless (Knative revisions) or RawDeployment (a Deployment per predictor).
+    serving_mode: Literal["Serverless", "RawDeployment"] = "Serverless"
     production_service: str = "ptr-production"
     job_timeout_s: int = Field(6 * 3600, gt=0)
     ready_timeout_s: int = Field(1800, gt=0)

@@ -40,6 +40,8 @@ def plan(cluster: Cluster, config: TrainConfig, run_id: str, *, with_ds_config: 
     root = cluster.storage.run_root(run_id)
     shards = f"{root}/shards"
     ds_config = f"{root}/deepspeed.json" if with_ds_config else None
+    # A replica the operator restarts (a retryable exit) resumes from its newest complete checkpoint.
+    config = config.model_copy(update={"resume": "auto"})
     if cluster.storage.pvc:
         where = {"data_path": shards, "output_path": f"{root}/output", "deepspeed_config_path": ds_config}
         command = [*ENTRY, "--", *config.model_copy(update=where).to_argv()]
@@ -61,8 +63,11 @@ def plan(cluster: Cluster, config: TrainConfig, run_id: str, *, with_ds_config: 
     return TrainingPlan(root, shards, ds_config, model, command)
 
 
-def training_job(cluster: Cluster, training: TrainingPlan, run_id: str, *, nodes: int, nproc_per_node: int):
-    """The PyTorchJob of a plan (built by :mod:`ptr.cluster.pytorchjob`)."""
+def training_job(
+    cluster: Cluster, training: TrainingPlan, run_id: str, *, nodes: int, nproc_per_node: int, experiment: str
+):
+    """The PyTorchJob of a plan (built by :mod:`ptr.cluster.pytorchjob`); its pods track into the run's
+    MLflow experiment."""
     return pytorchjob.build_pytorchjob(
         name=resource_name("ptr-train", run_id),
         run_id=run_id,
@@ -70,6 +75,7 @@ def training_job(cluster: Cluster, training: TrainingPlan, run_id: str, *, nodes
         command=training.command,
         nodes=nodes,
         nproc_per_node=nproc_per_node,
+        env={"PTR_EXPERIMENT": experiment},
     )
 
 

@@ -110,7 +110,9 @@ class ChainRun:
     def load(self) -> None:
         """Load every model, the scorer too, so that a missing piece fails before hours of generation
         rather than after the first batch."""
-        for spec in [*self.weak, self.strong, *([self.judge] if self.judge else [])]:
+        specs = [*self.weak, self.strong, *([self.judge] if self.judge else [])]
+        self.pool.plan(specs)  # vLLM engines held together split the GPU's memory
+        for spec in specs:
             self.pool.get(spec)
         self.scorer.load()
 

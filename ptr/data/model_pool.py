@@ -19,6 +19,9 @@ from ptr.errors import PtrError
 from ptr.inference import BACKENDS, Backend, BackendOptions, load_backend
 
 BackendName = Literal["transformers", "vllm", "openai"]
+# The share of GPU memory vLLM may take, divided among the vLLM engines a run holds at once: each
+# engine reserves its fraction of the whole GPU up front, so two at 0.85 cannot share one.
+VLLM_GPU_MEMORY = 0.85
 
 
 class ModelSpec(BaseModel):
@@ -69,13 +72,24 @@ class ModelPool:
     ):
         self.dtype, self.batch_size, self.device = dtype, batch_size, device
         self._loaded: dict[tuple, Backend] = {}
+        self._vllm_engines = 1
         for spec, backend in (preloaded or {}).items():  # tests hand in models they already hold
             self._loaded[spec.key] = backend
+
+    def plan(self, specs: list[ModelSpec]) -> None:
+        """Tell the pool every model the run will hold at once, before the first is loaded, so the
+        vLLM engines split the GPU's memory instead of each reserving most of it."""
+        engines = {s.key for s in specs if s.backend == "vllm"}
+        self._vllm_engines = max(1, len(engines))
 
     def get(self, spec: ModelSpec) -> Backend:
         if spec.key not in self._loaded:
             options = BackendOptions(
-                dtype=self.dtype, batch_size=self.batch_size, device=self.device, endpoint=spec.endpoint
+                dtype=self.dtype,
+                batch_size=self.batch_size,
+                device=self.device,
+                endpoint=spec.endpoint,
+                gpu_memory_share=round(VLLM_GPU_MEMORY / self._vllm_engines, 4),
             )
             self._loaded[spec.key] = load_backend(spec.backend, spec.ref, options)
         return self._loaded[spec.key]

@@ -42,6 +42,7 @@ class BackendOptions:
     batch_size: int = 16  # rows per forward pass (transformers); concurrent requests (HTTP backends)
     device: str | None = None  # transformers: cpu, cuda, … (None: cuda where there is one)
     endpoint: str | None = None  # base URL of a served model (HTTP backends)
+    gpu_memory_share: float | None = None  # vLLM: the fraction of GPU memory this engine reserves
 
 
 class PrefixSession:

@@ -45,7 +45,10 @@ class VLLMBackend(Backend):
 
     @classmethod
     def from_options(cls, model_ref, options: BackendOptions) -> VLLMBackend:
-        return cls(model_ref, dtype=None if options.dtype == "auto" else options.dtype)
+        share = (
+            {} if options.gpu_memory_share is None else {"gpu_memory_utilization": options.gpu_memory_share}
+        )
+        return cls(model_ref, dtype=None if options.dtype == "auto" else options.dtype, **share)
 
     def prompt_tokens(self, conversation: Conversation) -> int:
         if isinstance(conversation, str):

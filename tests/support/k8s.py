@@ -62,13 +62,23 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
     return found
 
 
-def validate_custom(obj: dict) -> None:
+@functools.cache
+def _validator(key: tuple[str, str]):
+    """One validator per CRD version (jsonschema.validate would check the 2 MB schema on every call)."""
     import jsonschema
 
+    schema = crd_schemas()[key]
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def validate_custom(obj: dict) -> None:
     key = (obj["apiVersion"], obj["kind"])
-    schemas = crd_schemas()
-    assert key in schemas, f"no CRD for {key} in {crd_dir()}"
-    jsonschema.validate(obj, schemas[key])
+    assert key in crd_schemas(), f"no CRD for {key} in {crd_dir()}"
+    error = next(iter(sorted(_validator(key).iter_errors(obj), key=lambda e: [str(p) for p in e.path])), None)
+    if error is not None:
+        raise error
 
 
 def validate_core(obj: dict) -> None:
