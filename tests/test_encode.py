@@ -692,7 +692,10 @@ def test_tracked_run_records_config_counts_and_data(tmp_path, monkeypatch):
     """With tracking on (the local sqlite store), the stage's run has its config, counts, meta and
     summary, and its input and output as datasets."""
     for key in ("MLFLOW_TRACKING_URI", "PTR_RUN_ID", "RANK"):
-        monkeypatch.delenv(key, raising=False)
+        # Set, then removed: monkeypatch restores only what it recorded, and mlflow.set_tracking_uri
+        # writes MLFLOW_TRACKING_URI into the environment, which must not outlive this test.
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("PTR_TRACKING", "local")
     monkeypatch.setenv("PTR_LOCAL_DIR", str(tmp_path / ".ptr"))
     monkeypatch.setenv("PTR_EXPERIMENT", "encode-test")
