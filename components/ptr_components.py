@@ -51,12 +51,19 @@ def register_model(run: dict, run_id: str, model: Input[Model], registration: Ou
 
 @component
 def deploy_model(
-    run: dict, run_id: str, model: Input[Model], registration: Input[Artifact], endpoint: Output[Artifact]
+    run: dict,
+    evaluate: dict,
+    run_id: str,
+    model: Input[Model],
+    registration: Input[Artifact],
+    endpoint: Output[Artifact],
 ):
     """Serve the candidate: ptr serve on 127.0.0.1 locally, an InferenceService on a cluster."""
     from ptr.pipeline import steps
 
-    endpoint.metadata.update(steps.deploy(run, model.path, registration.path, endpoint.path, run_id))
+    endpoint.metadata.update(
+        steps.deploy(run, evaluate, model.path, registration.path, endpoint.path, run_id)
+    )
 
 
 @component
@@ -98,10 +105,14 @@ def promote_candidate(
     promote: dict,
     run_id: str,
     registration: Input[Artifact],
-    scores: Input[Metrics],
+    base: Input[Dataset],
+    results: Input[Dataset],
     decision: Output[Artifact],
 ):
-    """Move the champion alias when the candidate wins; on a cluster production follows the champion."""
+    """Move the champion alias when the candidate wins (with no champion yet: when it beats the base
+    model's evaluation); on a cluster production follows the champion."""
     from ptr.pipeline import steps
 
-    decision.metadata.update(steps.promote(run, promote, registration.path, decision.path, run_id))
+    decision.metadata.update(
+        steps.promote(run, promote, registration.path, base.path, results.path, decision.path, run_id)
+    )

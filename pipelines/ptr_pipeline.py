@@ -80,6 +80,7 @@ def build_pipeline(config: PipelineConfig):
         )
         served = deploy_model(
             run=run,
+            evaluate=evaluate,
             run_id=run_id,
             model=model.outputs["model"],
             registration=registered.outputs["registration"],
@@ -99,7 +100,8 @@ def build_pipeline(config: PipelineConfig):
             promote=promote,
             run_id=run_id,
             registration=registered.outputs["registration"],
-            scores=scored.outputs["scores"],
+            base=base.outputs["results"],
+            results=scored.outputs["results"],
         ).set_display_name("promote")
         if cluster is not None:
             for task in (queries, shards, model, registered, served, scored, decided):

@@ -1,4 +1,5 @@
-"""A build-once cache of directories (models, downloads) under ``$PTR_CACHE`` (default ``~/.cache/ptr``).
+"""A build-once cache of directories (models, downloads) under ``$PTR_CACHE`` (default ``~/.cache/ptr``),
+or another root (the pipeline's stage cache).
 
 A directory is built under a temporary name while an exclusive file lock is held, then renamed into
 place: other processes either wait for the lock or find the finished directory, never a half-written one.
@@ -18,9 +19,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("PTR_CACHE") or "~/.cache/ptr").expanduser()
 
 
-def cached_dir(key: str, build: Callable[[Path], None]) -> Path:
-    """Return ``$PTR_CACHE/<key>``, calling ``build(tmp_dir)`` to create it the first time."""
-    root = cache_root()
+def cached_dir(key: str, build: Callable[[Path], None], *, root: Path | None = None) -> Path:
+    """Return ``<root>/<key>`` (default root ``$PTR_CACHE``), calling ``build(tmp_dir)`` to create it
+    the first time."""
+    root = root or cache_root()
     final = root / key
     if final.is_dir():
         return final

@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("ptr.serve.cli:main", "serve the refining model with KServe"),
     "register": ("ptr.tracking.cli:register_main", "log a model to MLflow and register a version"),
     "promote": ("ptr.tracking.cli:promote_main", "promote a candidate to champion when its metrics win"),
+    "compare": (
+        "ptr.tracking.cli:compare_main",
+        "pipeline runs of an MLflow experiment side by side, per round",
+    ),
     "cluster": ("ptr.cluster.check:cluster_main", "check a cluster against a pipeline config before a run"),
 }
 

@@ -18,6 +18,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # OpenMP threads that spin while waiting make every torch op hundreds of times slower when the cores
 # are shared with other processes (measured: a tiny-model step 250-450 ms spinning, 5-8 ms passive).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Steps never answer from a stage cache left by another test or run (tests that test it turn it on).
+os.environ.setdefault("PTR_STAGE_CACHE", "off")
 
 
 # The quick tier (`make test-fast`: -m "not integration and not smollm") leaves out these files, every

@@ -150,14 +150,21 @@ class _Recorder:
 
 
 def _promote_step(tmp_path, monkeypatch):
-    for name in ("PTR_RUN_ID", "PTR_EXPERIMENT"):  # the step sets them: put them back afterwards
+    for name in ("PTR_RUN_ID", "PTR_EXPERIMENT", "PTR_RUN_LABEL"):  # the step sets them: put them back
         monkeypatch.setenv(name, "")
     registration = {**REGISTRATION, "model": f"/mnt/ptr/runs/{RUN_ID}/output/ptr/final", "run_id": RUN_ID}
     (tmp_path / "reg").mkdir()
     (tmp_path / "reg/registration.json").write_text(json.dumps(registration))
     run = load_config(REPO / "pipelines/configs/cluster-example.yaml").run.model_dump(mode="json")
+    base, results = tmp_path / "base", tmp_path / "results"  # evaluations: none needed, a champion exists
     return promotion_step.promote(
-        run, {"primary": "gsm8k.round3"}, str(tmp_path / "reg"), str(tmp_path / "out"), RUN_ID
+        run,
+        {"primary": "gsm8k.round3"},
+        str(tmp_path / "reg"),
+        str(base),
+        str(results),
+        str(tmp_path / "out"),
+        RUN_ID,
     )
 
 

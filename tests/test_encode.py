@@ -669,9 +669,13 @@ def test_batches_threads_and_worker_processes_write_the_same_shards(tmp_path, mo
 
     records = [thought_record(i, n_thoughts=1 + i % 3) for i in range(1200)]
     _, whole = run_encode(tmp_path, records, name="whole", merge_data=True, max_length=512, num_proc=1)
-    monkeypatch.setattr(stream, "FIRST_BATCH_CHARS", 5_000)  # ~20 batches, spread over the workers
-    monkeypatch.setattr(stream, "BATCH_CHARS", 10_000)
-    sizes = [len(b) for b in stream.batches(to_examples(records))]
+    for name, chars in (
+        ("FIRST_BATCH_CHARS", 5_000),
+        ("BATCH_CHARS", 10_000),
+        ("WORKER_BATCH_CHARS", 10_000),
+    ):
+        monkeypatch.setattr(stream, name, chars)  # ~20 batches, spread over the workers
+    sizes = [len(b) for b in stream.batches(to_examples(records), 5_000, 10_000)]
     assert len(sizes) > 10 and sizes[0] < sizes[1] and sum(sizes) == len(records)
     _, one = run_encode(tmp_path, records, name="one", merge_data=True, max_length=512, num_proc=1)
     _, two = run_encode(tmp_path, records, name="two", merge_data=True, max_length=512, num_proc=2)
@@ -688,7 +692,10 @@ def test_tracked_run_records_config_counts_and_data(tmp_path, monkeypatch):
     """With tracking on (the local sqlite store), the stage's run has its config, counts, meta and
     summary, and its input and output as datasets."""
     for key in ("MLFLOW_TRACKING_URI", "PTR_RUN_ID", "RANK"):
-        monkeypatch.delenv(key, raising=False)
+        # Set, then removed: monkeypatch restores only what it recorded, and mlflow.set_tracking_uri
+        # writes MLFLOW_TRACKING_URI into the environment, which must not outlive this test.
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("PTR_TRACKING", "local")
     monkeypatch.setenv("PTR_LOCAL_DIR", str(tmp_path / ".ptr"))
     monkeypatch.setenv("PTR_EXPERIMENT", "encode-test")
@@ -706,3 +713,40 @@ def test_tracked_run_records_config_counts_and_data(tmp_path, monkeypatch):
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"meta.json", "summary.json"}
     contexts = {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
     assert contexts == {"encode", "encoded"}
+
+
+@pytest.mark.parametrize("num_thoughts", [1, 2])
+def test_the_pipelines_qa_layout_keeps_the_records_the_ptr_layout_keeps(tmp_path, tiny_tok, num_thoughts):
+    """IFT and PTR train on the same records: the pipeline encodes ``layout: qa`` to max_length minus
+    the least the ptr layout adds (ptr.encode.layout.shortest_thought_turns), so answers that only
+    just fit, or only just do not, fall on the same side in both corpora."""
+    from ptr.pipeline.steps.training import encode
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(40):  # answers from far below to far above the budget
+        answer = " ".join(f"w{j}" for j in range(int(rng.integers(20, 140))))
+        thoughts = [{"text": f"thought {t} " + "x " * int(rng.integers(1, 60))} for t in range(num_thoughts)]
+        records.append(
+            {"id": str(i), "query": f"Question {i}?", "thoughts": thoughts, "answer": answer, "kept": True}
+        )
+    thoughts = tmp_path / "thoughts"
+    thoughts.mkdir()
+    (thoughts / "thoughts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    train = {
+        "base_model": "tiny-random",
+        "max_length": 160,
+        "overflow": "shorten_thoughts",
+        "merge_data": False,
+    }
+    run = {"runtime": "kubernetes", "cluster": {}}  # no stage cache in this test
+    kept = {}
+    for layout in ("ptr", "qa"):
+        summary = encode(run, {**train, "layout": layout}, str(thoughts), str(tmp_path / layout), "r")
+        ds = ShardDataset(tmp_path / layout / layout)
+        kept[layout] = [
+            tiny_tok.decode(ds[i]["input_ids"]).split("Question ")[1].split("?")[0] for i in range(len(ds))
+        ]
+        assert summary["examples"] == len(ds)
+    assert 0 < len(kept["ptr"]) < 40  # the budget drops some records and keeps others
+    assert kept["qa"] == kept["ptr"]

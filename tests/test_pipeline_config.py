@@ -12,10 +12,13 @@ from ptr.errors import PtrError
 from ptr.pipeline.config import PipelineConfig, load_config, section
 from tests.support.k8s import REPO
 
-CONFIGS = sorted((REPO / "pipelines" / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "pipelines" / "configs").rglob("*.yaml"))
+REPRODUCE = REPO / "pipelines" / "configs" / "reproduce"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize(
+    "path", CONFIGS, ids=[p.relative_to(REPO / "pipelines" / "configs").as_posix() for p in CONFIGS]
+)
 def test_shipped_configs_load_and_round_trip_as_parameters(path):
     config = load_config(path)
     arguments = config.arguments()
@@ -30,15 +33,14 @@ def test_shipped_configs_load_and_round_trip_as_parameters(path):
 
 
 def test_local_config_is_the_embedded_smollm2_run():
+    """The local default trains on the paper's released thought data and scores tasks where SmolLM2
+    is off the floor (not arith or gsm8k at 0%), on the round it was trained to answer."""
     config = load_config(REPO / "pipelines/configs/local.yaml")
-    assert config.run.runtime == "local"
-    assert (
-        config.data.weak_models
-        == [config.data.strong_model]
-        == [config.train.base_model]
-        == ["smollm2-135m-instruct"]
-    )
-    assert config.data.queries_input == "builtin" and "arith" in config.evaluate.tasks
+    assert config.run.runtime == "local" and config.train.base_model == "smollm2-135m-instruct"
+    assert config.data.thoughts_input.endswith("queries/PTR_thought_dataset_sampled.json")
+    assert config.train.overflow == "shorten_thoughts" and config.data.num_thoughts == 1
+    assert not {"arith", "gsm8k"} & set(config.evaluate.tasks)
+    assert config.promote.primary.endswith(f".round{config.trained_round}")
 
 
 def test_paper_config_holds_the_papers_settings():
@@ -211,17 +213,107 @@ def test_the_evaluate_step_honours_save_infer_texts(tmp_path, monkeypatch):
     assert "arith.metrics.json" in written and not any("predictions" in name for name in written)
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"evaluate": {"rounds": 2}},
+            "evaluate.rounds is 2, but with data.num_thoughts = 2 the model is trained to answer in round 3",
+        ),
+        (
+            {"promote": {"primary": "arith.round2"}},
+            r"promote.primary 'arith.round2' scores round 2, .* name round 3 \(arith.round3\)",
+        ),
+        (
+            {"data": {"num_thoughts": 1}, "promote": {"primary": "arith.delta3"}},
+            r"name round 2 \(arith.delta2\)",
+        ),
+        ({"promote": {"primary": "xsum.round3"}}, r"promote: xsum.round3 needs task xsum in evaluate.tasks"),
+        ({"promote": {"primary": "mmlu"}}, "expected TASK.roundK or TASK.deltaK"),
+    ],
+)
+def test_the_gate_scores_the_round_the_model_was_trained_to_answer(overrides, message):
+    """With num_thoughts = t, a trained record is query → t thoughts → final answer: the answer is
+    turn t+1, so evaluation runs at least t+1 rounds and the gate's primary metric names that round."""
+    with pytest.raises(PtrError, match=message):
+        load_config(None, overrides)
+    config = load_config(
+        None, {"data": {"num_thoughts": 1}, "evaluate": {"rounds": 3}, "promote": {"primary": "arith.round2"}}
+    )
+    assert config.trained_round == 2
+
+
+def test_imported_thoughts_must_hold_num_thoughts(tmp_path):
+    """The thoughts step checks what the imported records hold against data.num_thoughts."""
+    from ptr.pipeline.steps.data import check_thought_count
+
+    path = tmp_path / "thoughts.jsonl"
+    lines = [{"kept": True, "thoughts": [{"text": "a"}]}, {"kept": False, "thoughts": []}]
+    lines.append({"kept": True, "thoughts": [{"text": "a"}, {"text": "b"}]})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(
+        PtrError,
+        match=rf"{path}:1: thoughts: 1 kept record\(s\) hold 1 thought\(s\).*set data.num_thoughts: 1",
+    ):
+        check_thought_count(path, 2)
+    path.write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[1]) + "\n")
+    check_thought_count(path, 1)
+
+
+def test_thoughts_input_names_the_data_folder_where_the_step_runs(monkeypatch):
+    config = load_config(
+        None,
+        {
+            "data": {"thoughts_input": "$PTR_DATA_DIR/queries/x.json", "num_thoughts": 1},
+            "evaluate": {"rounds": 2},
+            "promote": {"primary": "arith.round2"},
+        },
+    )
+    monkeypatch.setenv("PTR_DATA_DIR", "/data")
+    assert config.data.thoughts_config("q", "t", seed=0).thoughts_input == "/data/queries/x.json"
+    monkeypatch.delenv("PTR_DATA_DIR")
+    with pytest.raises(PtrError, match="still names a variable that is not set here"):
+        config.data.thoughts_config("q", "t", seed=0)
+
+
+def _flat(value, prefix=""):
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def test_reproduction_models_differ_only_in_what_they_compare():
+    """Same data, records, order, steps, learning rate, seed and evaluation for every trained model:
+    IFT changes the layout (qa) and the weights (answer-only), PTR-CE only the weights."""
+    configs = {p.stem: load_config(p) for p in sorted(REPRODUCE.glob("*.yaml"))}
+    assert set(configs) == {"ptr", "ift", "ptr-ce"}
+    flat = {name: _flat(c.model_dump(mode="json")) for name, c in configs.items()}
+    differ = {name: {k for k in flat["ptr"] if flat[name][k] != flat["ptr"][k]} for name in flat}
+    assert differ["ift"] == {"run.name", "train.layout", "train.loss_weights", "train.save_name"}
+    assert differ["ptr-ce"] == {"run.name", "train.loss_weights", "train.save_name"}
+    ptr, ift, ce = configs["ptr"], configs["ift"], configs["ptr-ce"]
+    assert ptr.train.loss_weights == (0.8, 0.1, 0.1) and ift.train.loss_weights == ce.train.loss_weights == (
+        1.0,
+        0,
+        0,
+    )
+    assert ptr.train.merge_data is False  # one record per sequence: one order for every layout
+    assert ptr.evaluate.limit >= 200 and ptr.evaluate.rounds == 3 and ptr.evaluate.sample == "random"
+    assert set(ptr.evaluate.tasks) == {"mmlu", "arc_challenge", "arc_easy", "commonsenseqa"}
+    assert ptr.data.thoughts_input.endswith("PTR_thought_dataset_sampled.json") and ptr.trained_round == 2
+
+
 def test_promotion_metrics_must_be_evaluated():
     """Item 20: a promote metric whose task or round evaluation never produces fails at load time."""
     with pytest.raises(PtrError, match=r"promote: gsm8k.round3 needs task gsm8k in evaluate.tasks"):
         load_config(overrides={"evaluate": {"tasks": ["arith"]}, "promote": {"primary": "gsm8k.round3"}})
-    with pytest.raises(PtrError, match=r"needs round 3, evaluate.rounds is 2"):
-        load_config(overrides={"evaluate": {"rounds": 2}, "promote": {"primary": "arith.round3"}})
+    with pytest.raises(PtrError, match=r"needs round 4, evaluate.rounds is 3"):
+        load_config(overrides={"promote": {"primary": "arith.round3", "guards": {"arith.round4": 0.0}}})
     with pytest.raises(PtrError, match=r"mmlu.round1 needs task mmlu"):
         load_config(
             overrides={
                 "evaluate": {"tasks": ["arith"]},
-                "promote": {"primary": "arith.round2", "guards": {"mmlu.round1": 0.01}},
+                "promote": {"primary": "arith.round3", "guards": {"mmlu.round1": 0.01}},
             }
         )
 

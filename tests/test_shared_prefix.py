@@ -94,3 +94,28 @@ def test_growing_layer_regrows_past_its_capacity():
     whole = torch.cat(parts, dim=-2)
     assert torch.equal(keys, whole) and torch.equal(values, whole * 2)
     assert layer.get_seq_length() == 10
+
+
+def test_rows_that_stopped_leave_the_batch_and_outputs_stay_the_same(tiny_backend, fed):
+    """A decoding step carries only rows still generating once a quarter of the batch has stopped;
+    each row's text, finish reason and cache for the next round are what they are without that."""
+    params = SamplingParams(max_new_tokens=24)
+    prompts = [f"Question: {q}\nAnswer:" for q in QUESTIONS * 2]
+    keep_all = TransformersBackend(
+        model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, batch_size=10, drop_stopped_rows=False
+    )
+    first = keep_all.generate(prompts, params)
+    # tiny-random never ends a turn by itself: make a token it writes early in some rows an end
+    early = {c.text for c in first}
+    ends = {keep_all.tokenizer(t, add_special_tokens=False).input_ids[2] for t in sorted(early)[:3]}
+    dropping = TransformersBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, batch_size=10)
+    for backend in (keep_all, dropping):
+        backend.eos_ids = backend.eos_ids | ends
+    fed.clear()
+    a = [[(c.text, c.finish_reason) for c in r] for r in refine(dropping, prompts, 2, params)]
+    decode_batches = {shape[0] for shape in fed if shape[1] == 1}  # one new token per row: a decoding step
+    b = [[(c.text, c.finish_reason) for c in r] for r in refine(keep_all, prompts, 2, params)]
+    assert a == b
+    reasons = [c[1] for r in a for c in r]
+    assert "stop" in reasons and "length" in reasons  # rows of both kinds in the batch
+    assert 10 in decode_batches and min(decode_batches) < 10  # later steps ran without stopped rows

@@ -206,6 +206,34 @@ def test_register_never_loads_weights_and_loads_back_by_alias(local_store, tiny_
     assert local_store.get_model_version("tiny-local", "1").tags["ptr.promotion.decision"] == "promoted"
 
 
+def test_with_no_champion_the_candidate_must_beat_the_base_model(local_store, tiny_path):
+    """The pipeline hands promote() its base model's evaluation as the reference: no champion no
+    longer means "promoted whatever it scored" (the candidate scoring 10% against the base's 30%)."""
+    from ptr.tracking import gate
+    from ptr.tracking.model_registry import register_model
+    from ptr.tracking.promote import Reference, promote
+
+    register_model(tiny_path, "tiny-gate", ptr_run_id="pipe-gate")
+    candidate = np.zeros((2, 40))
+    candidate[:, :4] = 1.0  # 10% right in both rounds
+    log_eval_run("models:/tiny-gate@candidate", {"mmlu": candidate.tolist()})
+    metric = gate.parse_metric("mmlu.round2")
+
+    def reference(right: int) -> Reference:
+        scores = {f"mmlu-{i}": float(i < right) for i in range(40)}
+        return Reference("base model", {metric.key: right / 40}, scores)
+
+    kept = promote("tiny-gate", primary="mmlu.round2", reference=reference(12), n_boot=500)
+    assert not kept.promoted and kept.decision.reason.startswith(
+        "not better than the base model on mmlu.round2"
+    )
+    assert kept.report["reference"] == "base model" and kept.decision.primary["champion"] == 0.3
+    assert "champion" not in local_store.get_registered_model("tiny-gate").aliases
+    promoted = promote("tiny-gate", primary="mmlu.round2", reference=reference(0), n_boot=500)
+    assert promoted.promoted and promoted.decision.reason.startswith("better than the base model")
+    assert str(local_store.get_model_version_by_alias("tiny-gate", "champion").version) == "1"
+
+
 def test_cli_errors_are_clear_and_exit_2(tmp_path):
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()

@@ -25,6 +25,7 @@ import re
 
 import numpy as np
 
+from ptr.encode.overflow import MIN_THOUGHT_TOKENS
 from ptr.encode.records import Example
 from ptr.encode.shards import ANSWER, IGNORE
 from ptr.encode.template import content_agnostic
@@ -173,7 +174,11 @@ class ChatLayout:
             ids = np.asarray(enc.ids, dtype=np.int32)
             segments = np.zeros(len(ids), dtype=np.uint8)
             for start, end, code in spans:
-                first, last = _token_at(enc, start, end, 1), _token_at(enc, end - 1, start - 1, -1)
+                first, last = enc.char_to_token(start), enc.char_to_token(end - 1)
+                if first is None:  # a character no token covers (trimmed whitespace): look further
+                    first = _token_at(enc, start, end, 1)
+                if last is None:
+                    last = _token_at(enc, end - 1, start - 1, -1)
                 if first is not None and last is not None and first <= last:
                     segments[first : last + 1] = code
             results[i] = (ids, segments)
@@ -224,3 +229,21 @@ def _token_at(encoding, char: int, stop: int, step: int) -> int | None:
         if t is not None:
             return t
     return None
+
+
+def shortest_thought_turns(tokenizer, refine_prompt: str, num_thoughts: int) -> int:
+    """How many tokens a record's ``ptr`` layout adds to its ``qa`` layout (query → answer) when
+    ``--overflow shorten_thoughts`` has cut each of its ``num_thoughts`` thoughts to the least: the
+    thought turns of one token each and the refine turns. A ``qa`` corpus encoded to ``max_length``
+    minus this drops exactly the records whose ``ptr`` layout at ``max_length`` is ``answer_too_long``
+    (the template's wrapping does not depend on the contents; the tests check it on real records)."""
+
+    def length(messages: list[dict]) -> int:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    query, answer = {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}
+    thought = [{"role": "assistant", "content": "x"}, {"role": "user", "content": refine_prompt}]
+    one_token = len(tokenizer("x", add_special_tokens=False).input_ids)
+    longer = length([query, *thought * num_thoughts, answer]) - length([query, answer])
+    return longer - num_thoughts * (one_token - MIN_THOUGHT_TOKENS)

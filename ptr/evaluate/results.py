@@ -12,6 +12,7 @@ Files, under ``<output_path>/<save_name>/``:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,25 @@ class EvalResults:
             for extra_name, table in result.extra.items():
                 put(f"eval.{name}.{extra_name}", table["rounds"], table["deltas"])
         return out
+
+
+def load_results(folder: Path, model: str | None = None) -> EvalResults:
+    """An evaluation written earlier (its ``*.metrics.json`` files and every file beside them)."""
+    folder = Path(folder)
+    results = EvalResults(model or folder.name, folder)
+    for path in sorted(folder.glob("*.metrics.json")):
+        data = json.loads(path.read_text())
+        results.tasks[data["task"]] = TaskResult(
+            data["task"],
+            data["task"],
+            data["metric"],
+            data["n"],
+            data["rounds"],
+            data["deltas"],
+            data.get("extra") or {},
+        )
+    results.files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return results
 
 
 def summarize(task, scored: list[list[Scored]], *, seed: int, n_boot: int) -> TaskResult:

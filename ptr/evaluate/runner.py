@@ -14,9 +14,10 @@ from tqdm import tqdm
 
 from ptr import tracking
 from ptr.errors import InputError, PtrError
-from ptr.evaluate.config import EvalConfig, TaskConfig
+from ptr.evaluate.config import EvalConfig, TaskConfig, default_model_name
 from ptr.evaluate.results import (
     EvalResults,
+    load_results,
     plot_scores,
     prediction_records,
     summarize,
@@ -155,8 +156,9 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
     model = config.model_name or config.folder_name()
     out_dir = Path(config.output_path) / config.folder_name()
     results = EvalResults(model, out_dir)
+    tags = {**tracking.describe_model(config.model_path), "ptr.eval_name": config.folder_name()}
     with tracking.stage_run(
-        "eval", _run_params(config, refine_prompt), tags=tracking.describe_model(config.model_path)
+        "eval", _run_params(config, refine_prompt), tags=tags, name=run_name(config, tags)
     ) as run:
         for task in tasks:
             task_docs, task_prompts = docs[task.name], prompts[task.name]
@@ -180,9 +182,39 @@ def evaluate(config: EvalConfig, backend=None) -> EvalResults:
                 out_dir, result, records, texts=config.save_infer_texts, metrics=config.save_infer_results
             )
         finish(results, config.plot, note=f"{config.rounds} rounds, format {fmt}, model {config.model_path}")
-        run.log_metrics(results.mlflow_metrics())
-        for path in results.files:
-            run.log_artifact(path, artifact_path="eval")
+        log_results(run, results)
+    return results
+
+
+def run_name(config: EvalConfig, tags: dict) -> str:
+    """What the evaluation scored, as its MLflow run is named: ``eval base · smollm2-135m-instruct``,
+    ``eval trained · ptr-smollm2 v3`` (a registered version where the tags name one)."""
+    model = config.model_name or default_model_name(config.model_path)
+    if tags.get("ptr.model_version"):
+        model = f"{tags['ptr.model_name']} v{tags['ptr.model_version']}"
+    return f"eval {config.folder_name()} · {model}"
+
+
+def log_results(run, results: EvalResults) -> None:
+    run.log_metrics(results.mlflow_metrics())
+    for path in results.files:
+        run.log_artifact(path, artifact_path="eval")
+
+
+def track_saved(config: EvalConfig, note: str) -> EvalResults:
+    """An evaluation already on disk (``<output_path>/<folder>/``, written by :func:`evaluate` with the
+    same config) tracked as if it had just run: a reused one is logged like a fresh one, so that its
+    run, metrics and per-question files are where promotion and comparisons look. ``note``: why
+    (tagged ``ptr.reused``)."""
+    out_dir = Path(config.output_path) / config.folder_name()
+    results = load_results(out_dir, config.model_name or config.folder_name())
+    if not results.tasks:
+        raise PtrError(f"{out_dir}: no saved evaluation (no *.metrics.json)")
+    tags = {**tracking.describe_model(config.model_path), "ptr.eval_name": config.folder_name()}
+    tags["ptr.reused"] = note
+    params = _run_params(config, config.refine_prompt)
+    with tracking.stage_run("eval", params, tags=tags, name=run_name(config, tags)) as run:
+        log_results(run, results)
     return results
 
 

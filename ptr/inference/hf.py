@@ -79,6 +79,14 @@ def _growing_layer_class():
             self.values = self._values[:, :, : self._length]
             return self.keys, self.values
 
+        def batch_select_indices(self, indices) -> None:
+            """Keep only the rows ``indices`` (rows that stopped leave the batch)."""
+            if self._keys is not None:
+                self._keys = self._keys.index_select(0, indices)
+                self._values = self._values.index_select(0, indices)
+                self.keys = self._keys[:, :, : self._length]
+                self.values = self._values[:, :, : self._length]
+
     return GrowingLayer
 
 
@@ -147,6 +155,7 @@ class TransformersBackend(Backend):
         device: str | None = None,
         batch_size: int = 16,
         prefix_reuse: bool = True,
+        drop_stopped_rows: bool = True,
     ):
         if model is None:
             model, tokenizer = load_model(model_ref, dtype=dtype, device=device)
@@ -156,6 +165,7 @@ class TransformersBackend(Backend):
         self.device = next(model.parameters()).device
         self.batch_size = batch_size
         self.prefix_reuse = prefix_reuse
+        self.drop_stopped_rows = drop_stopped_rows  # see _decode
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = self._end_ids()
         self.context_length = int(getattr(model.config, "max_position_embeddings", None) or 2048)
@@ -305,16 +315,12 @@ class TransformersBackend(Backend):
         layout = self._layout(ids, entries)
         max_new = min(params.max_new_tokens, self.context_length - max(len(x) for x in ids))
         cache = self._reused_cache(layout, entries, room=layout.mask.shape[1] + max_new)
-        generated, finish, mask = self._decode(
-            layout, cache, [len(x) for x in ids], max_new, params, generator, streams
+        generated, finish, entries = self._decode(
+            layout, cache, ids, max_new, params, generator, streams, keep_cache=keep_cache
         )
         completions = [
             self._completion(len(x), tokens, reason, params.stop)
             for x, tokens, reason in zip(ids, generated, finish, strict=True)
-        ]
-        entries = [
-            self._extract(cache, mask, b, ids[b] + generated[b][:-1]) if keep_cache else None
-            for b in range(len(ids))
         ]
         return completions, entries
 
@@ -367,19 +373,41 @@ class TransformersBackend(Backend):
         return cache
 
     def _decode(
-        self, layout: _Layout, cache, lengths: list[int], max_new: int, params, generator, streams=None
+        self,
+        layout: _Layout,
+        cache,
+        ids: list[list[int]],
+        max_new: int,
+        params,
+        generator,
+        streams=None,
+        *,
+        keep_cache: bool = False,
     ):
         """Prefill, then one token per row per step until every row stopped. Returns the generated ids,
-        each row's finish reason and the final attention mask (which slots hold real tokens). A row's
-        stream (if any) gets its text after each step and the rest of it when the row stops."""
+        each row's finish reason and (``keep_cache``) each row's cache for its next round. A row's
+        stream (if any) gets its text after each step and the rest of it when the row stops.
+
+        Rows that stopped leave the batch once they are a quarter of it (their cache is taken out
+        first): a decoding step costs about in proportion to the rows it carries, and in a batch of
+        short answers and a few that run to the token limit most rows would otherwise ride along."""
         import torch
 
         model, dev = self.model, self.device
-        bsz = len(lengths)
+        bsz = len(ids)
         mask = layout.mask
         generated: list[list[int]] = [[] for _ in range(bsz)]
         finish: list[str | None] = [None] * bsz
-        positions = torch.tensor(lengths)
+        entries: list[_Entry | None] = [None] * bsz
+        rows = list(range(bsz))  # the original row of each row still in the batch's tensors
+        positions = torch.tensor([len(x) for x in ids])
+
+        def take_out(local: list[int]) -> None:  # cache of rows about to leave (or at the end)
+            if keep_cache:
+                for i in local:
+                    b = rows[i]
+                    entries[b] = self._extract(cache, mask, i, ids[b] + generated[b][:-1])
+
         with torch.inference_mode():
             out = model(
                 input_ids=layout.input_ids.to(dev),
@@ -392,20 +420,29 @@ class TransformersBackend(Backend):
             for step in range(max_new):
                 tokens = self._sample(out.logits[:, -1, :].float(), params, generator).tolist()
                 active = []
-                for b in range(bsz):
+                for i, b in enumerate(rows):
                     if finish[b] is not None:
                         continue
-                    generated[b].append(tokens[b])
+                    generated[b].append(tokens[i])
                     finish[b] = self._finished(generated[b], params, last_step=step == max_new - 1)
                     if finish[b] is None:
-                        active.append(b)
+                        active.append(i)
                         if streams is not None:
                             streams[b].step(generated[b])
                     elif streams is not None:
                         streams[b].finish(self._text(generated[b], params.stop))
                 if not active:
                     break
-                step_mask = torch.zeros(bsz, 1, dtype=torch.long)
+                stopped = len(rows) - len(active)
+                if self.drop_stopped_rows and 4 * stopped >= len(rows):  # a quarter stopped: they leave
+                    take_out([i for i in range(len(rows)) if finish[rows[i]] is not None])
+                    keep = torch.tensor(active)
+                    cache.batch_select_indices(keep.to(dev))
+                    mask, positions = mask[keep], positions[keep]
+                    tokens = [tokens[i] for i in active]
+                    rows = [rows[i] for i in active]
+                    active = list(range(len(rows)))
+                step_mask = torch.zeros(len(rows), 1, dtype=torch.long)
                 step_mask[active] = 1
                 mask = torch.cat([mask, step_mask], dim=1)
                 pos = positions.clone().unsqueeze(1)
@@ -417,7 +454,8 @@ class TransformersBackend(Backend):
                     past_key_values=cache,
                     use_cache=True,
                 )
-        return generated, finish, mask
+            take_out(list(range(len(rows))))
+        return generated, finish, entries
 
     def _finished(self, generated: list[int], params: SamplingParams, last_step: bool) -> str | None:
         """ "stop" at an end-of-turn token or a stop string, "length" at the budget, else None."""

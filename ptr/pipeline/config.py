@@ -7,12 +7,13 @@ typo in a config fails at submission (``load_config``) and again, with the same 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ptr.cluster.settings import Cluster
 from ptr.data.filters import FilterConfig
@@ -32,6 +33,8 @@ class Run(Section):
     runtime: Literal["local", "kubernetes"] = "local"
     experiment: str = "ptr"
     model_name: str = "ptr"
+    # What this run trains, as MLflow (its parent run) and `ptr compare`'s table name it: ift, ptr, …
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     seed: int = 0
     cluster: Cluster | None = None
 
@@ -53,7 +56,7 @@ TRAIN_SET = ("model_path", "data_path", "output_path", "save_name", "max_epochs"
 TRAIN_SET += ("loss_weights", "deepspeed_config_path", "use_lora", "seed")
 # save_infer_results too: the report and the promotion read the metrics files
 EVAL_SET = ("model_path", "model_type", "endpoint", "tasks", "task_configs", "data_dir", "output_path")
-EVAL_SET += ("save_name", "seed", "rounds", "max_new_tokens", "save_infer_results")
+EVAL_SET += ("save_name", "seed", "rounds", "max_new_tokens", "save_infer_results", "batch_size")
 
 
 def _options(name: str, options: dict, owned: Collection[str], build: Callable[[dict], BaseModel]) -> None:
@@ -92,9 +95,22 @@ class Data(Section):
             "thoughts_options",
             self.thoughts_options,
             THOUGHTS_SET,
-            lambda options: self.thoughts_config("queries.jsonl", "thoughts.jsonl", seed=0, options=options),
+            lambda options: self.thoughts_config(
+                "queries.jsonl", "thoughts.jsonl", seed=0, options=options, expand=False
+            ),
         )
         return self
+
+    def thoughts_source(self) -> str:
+        """``thoughts_input`` with environment variables expanded where the step runs
+        (``$PTR_DATA_DIR/queries/…``: the data folder of the machine that reads it)."""
+        source = os.path.expandvars(self.thoughts_input or "")
+        if "$" in source:
+            raise PtrError(
+                f"data.thoughts_input {self.thoughts_input!r}: {source!r} still names a variable that is not set "
+                "here (PTR_DATA_DIR: the benchmark data folder)"
+            )
+        return source
 
     def queries_config(self, output_path: str, *, seed: int, data_dir: str | None) -> QueriesConfig:
         """``data_dir``: the evaluation data queries are decontaminated against unless
@@ -108,16 +124,20 @@ class Data(Section):
         )
 
     def thoughts_config(
-        self, queries: str, output_path: str, *, seed: int, options: dict | None = None
+        self, queries: str, output_path: str, *, seed: int, options: dict | None = None, expand: bool = True
     ) -> ThoughtsConfig:
-        """Generating: from ``queries`` with the section's models; importing: ``thoughts_input``."""
+        """Generating: from ``queries`` with the section's models; importing: ``thoughts_input``
+        (``expand``: its environment variables expanded, as where the step runs)."""
         options = dict(self.thoughts_options if options is None else options)
         flat = {k: options.pop(k) for k in list(options) if k in FilterConfig.model_fields}
         if flat:  # filter settings written flat, as on the command line
             options["filters"] = {**options.get("filters", {}), **flat}
         if self.thoughts_input:
             return ThoughtsConfig(
-                thoughts_input=self.thoughts_input, output_path=output_path, seed=seed, **options
+                thoughts_input=self.thoughts_source() if expand else self.thoughts_input,
+                output_path=output_path,
+                seed=seed,
+                **options,
             )
         return ThoughtsConfig(
             queries=queries,
@@ -135,10 +155,18 @@ class Data(Section):
 class Train(Section):
     """Phase 2: encode the kept thoughts, fine-tune the base model with the PTR objective.
     ``train_options`` are further :class:`~ptr.train.config.TrainConfig` fields
-    (``save_optimizer: false``, ``beta: quadratic`` …)."""
+    (``save_optimizer: false``, ``beta: quadratic`` …).
+
+    ``layout``: ``ptr`` lays each record out as query → thoughts → refine → … → final answer (the
+    thought mask); ``qa`` as query → final answer, no thoughts in context (plain instruction tuning,
+    the paper's IFT baseline), keeping the records the ``ptr`` layout keeps at this ``max_length`` so
+    that both train on the same data. ``overflow``: what happens to a record longer than
+    ``max_length`` (``shorten_thoughts``: its thoughts are cut, the final answer stays whole)."""
 
     base_model: str = "smollm2-135m-instruct"
+    layout: Literal["ptr", "qa"] = "ptr"
     max_length: int = Field(1024, gt=0)
+    overflow: Literal["drop", "truncate", "shorten_thoughts"] = "shorten_thoughts"
     merge_data: bool = True
     max_steps: int | None = Field(None, gt=0)
     max_epochs: int = Field(1, gt=0)
@@ -166,7 +194,21 @@ class Train(Section):
         )
         return self
 
-    def encode_config(self, input: str, output_path: str) -> EncodeConfig:
+    def encode_config(self, input: str, output_path: str, *, qa_overhead: int = 0) -> EncodeConfig:
+        """``qa_overhead``: for the ``qa`` layout, how many tokens longer a record's ``ptr`` layout is
+        at the least (its thought shortened to one token, the refine turn): the ``qa`` corpus is
+        encoded to ``max_length`` minus that, so it drops exactly the records the ``ptr`` one drops."""
+        if self.layout == "qa":
+            return EncodeConfig(
+                tokenizer_path=self.base_model,
+                encode_type="qa",
+                input=input,
+                output_path=output_path,
+                corpus_name="qa",
+                max_length=self.max_length - qa_overhead,
+                merge_data=self.merge_data,
+                overflow="drop" if self.overflow == "shorten_thoughts" else self.overflow,
+            )
         return EncodeConfig(
             tokenizer_path=self.base_model,
             encode_type="ptr",
@@ -175,6 +217,7 @@ class Train(Section):
             corpus_name="ptr",
             max_length=self.max_length,
             merge_data=self.merge_data,
+            overflow=self.overflow,
         )
 
     def train_config(
@@ -207,10 +250,16 @@ class Evaluate(Section):
     (``save_infer_texts: false``, ``temperature: 0.7`` …)."""
 
     tasks: list[str] = ["arith", "gsm8k", "mmlu"]
-    rounds: int = Field(2, ge=1)
+    rounds: int = Field(3, ge=1)
     limit: int = Field(5, ge=0)  # questions per task; 0 = all
+    # Which questions a limit keeps: a seeded sample across the whole set (MMLU's first N would all
+    # come from its first subject), or the first N.
+    sample: Literal["random", "first"] = "random"
     num_fewshots: int | None = Field(None, ge=0)  # None: each task's own default
     max_new_tokens: int = Field(256, gt=0)
+    # Questions decoded together: the base model's batches, and how many the candidate's local server
+    # gathers into one call. Larger batches cost less per token on a CPU; rows that stopped leave.
+    batch_size: int = Field(16, ge=1)
     data_dir: str | None = None
     # Tasks whose data is not found under data_dir are skipped (with a note) instead of failing.
     skip_missing_data: bool = True
@@ -249,7 +298,7 @@ class Evaluate(Section):
         options: dict | None = None,
     ) -> EvalConfig:
         """``tasks``: the ones whose data was found (see ``steps.serving.available_tasks``)."""
-        per_task = TaskConfig(limit=self.limit, num_fewshots=self.num_fewshots)
+        per_task = TaskConfig(limit=self.limit, num_fewshots=self.num_fewshots, sample=self.sample)
         return EvalConfig(
             model_path=model_path,
             model_type=model_type,
@@ -262,17 +311,28 @@ class Evaluate(Section):
             seed=seed,
             rounds=self.rounds,
             max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
             save_infer_results=True,
             **{"save_infer_texts": True, **(self.eval_options if options is None else options)},
         )
 
 
 class Promote(Section):
-    """The gate: the candidate becomes champion only when it wins on ``primary``."""
+    """The gate: the candidate becomes champion only when it wins on ``primary`` — against the
+    champion, or with no champion yet against the base model's evaluation of the same run."""
 
-    primary: str = "arith.round2"
+    primary: str = "arith.round3"
     guards: dict[str, float] = {}
     min_delta: float = 0.0
+
+    @field_validator("primary")
+    @classmethod
+    def _metric_name(cls, value: str) -> str:
+        try:
+            gate.parse_metric(value)
+        except PtrError as err:
+            raise ValueError(str(err)) from None
+        return value
 
 
 class PipelineConfig(Section):
@@ -281,6 +341,30 @@ class PipelineConfig(Section):
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
     promote: Promote = Promote()
+
+    @property
+    def trained_round(self) -> int:
+        """The round a trained model answers as it was trained to: after ``num_thoughts`` attempts,
+        the final answer is turn ``num_thoughts + 1``."""
+        return self.data.num_thoughts + 1
+
+    @model_validator(mode="after")
+    def _gate_scores_the_trained_round(self):
+        t, k = self.data.num_thoughts, self.trained_round
+        if self.evaluate.rounds < k:
+            raise ValueError(
+                f"evaluate.rounds is {self.evaluate.rounds}, but with data.num_thoughts = {t} the model "
+                f"is trained to answer in round {k} (the query, {t} thought(s), then the final answer): "
+                f"evaluate at least {k} rounds"
+            )
+        metric = gate.parse_metric(self.promote.primary)
+        if metric.k != k:
+            raise ValueError(
+                f"promote.primary {self.promote.primary!r} scores round {metric.k}, but with "
+                f"data.num_thoughts = {t} the model is trained to answer in round {k}: name round {k} "
+                f"({metric.task}.{metric.kind}{k})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _promotion_is_evaluated(self):

@@ -22,8 +22,11 @@ from ptr.pipeline.launch import REPO
 from ptr.procs import free_port, pid_alive
 
 
-def start(model_path: str, model_name: str, workdir: Path, *, timeout: float = 300.0) -> dict:
-    """Start the server and wait until KServe reports the model ready."""
+def start(
+    model_path: str, model_name: str, workdir: Path, *, max_batch_size: int = 16, timeout: float = 300.0
+) -> dict:
+    """Start the server (gathering up to ``max_batch_size`` generations into one call) and wait until
+    KServe reports the model ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -38,7 +41,7 @@ def start(model_path: str, model_name: str, workdir: Path, *, timeout: float = 3
         "--model_name",
         model_name,
     ]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--max_batch_size", str(max_batch_size)]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),

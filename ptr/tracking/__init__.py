@@ -17,7 +17,7 @@ figures as metrics and its reports as artifacts. Only rank 0 (``RANK``) of a dis
 """
 
 from ptr.tracking.runs import NullRun
-from ptr.tracking.stage import describe_model, pipeline_run, stage_run
+from ptr.tracking.stage import describe_model, log_to_pipeline, pipeline_run, stage_run
 from ptr.tracking.store import enabled, is_rank_zero, local_dir, local_store_uri, tracking_uri
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "is_rank_zero",
     "local_dir",
     "local_store_uri",
+    "log_to_pipeline",
     "pipeline_run",
     "stage_run",
     "tracking_uri",

@@ -1,4 +1,4 @@
-"""``ptr register`` and ``ptr promote``.
+"""``ptr register``, ``ptr promote`` and ``ptr compare``.
 
 Both need a model registry: the MLflow server in ``MLFLOW_TRACKING_URI``, else the local sqlite
 store under ``.ptr/`` (so they work offline).
@@ -12,6 +12,7 @@ import sys
 from ptr.errors import cli_errors
 from ptr.files import write_json
 from ptr.tracking import gate
+from ptr.tracking.compare import compare
 from ptr.tracking.model_registry import register_model
 from ptr.tracking.promote import promote, summary, write_report
 from ptr.tracking.store import tracking_uri
@@ -105,3 +106,33 @@ def promote_main(argv: list[str] | None = None) -> int:
     if not promotion.promoted:
         print(f"champion kept: {promotion.decision.reason}", file=sys.stderr)
     return EXIT_PROMOTED if promotion.promoted else EXIT_KEPT
+
+
+@cli_errors
+def compare_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ptr compare",
+        description="The pipeline runs of an MLflow experiment side by side: one Markdown table (model × task × "
+        "round: score with its 95%% interval, round-to-round change with its paired-bootstrap interval, answers "
+        "fixed and broken) and one figure (score vs round, a panel per task, a line per model), written to "
+        "--output and logged to a compare run of the experiment.",
+    )
+    parser.add_argument("--experiment", required=True, help="MLflow experiment name")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="RUN",
+        help="pipeline runs by label (run.name), run name or run id (default: the newest of each label)",
+    )
+    parser.add_argument(
+        "--output", default=".", help="folder for comparison.md, metrics.json, score_vs_round.png"
+    )
+    parser.add_argument("--no_log", action="store_true", help="do not log the comparison to MLflow")
+    args = parser.parse_args(argv)
+    result = compare(args.experiment, args.runs, args.output, log=not args.no_log)
+    print(result["table"], end="")
+    print(
+        f"\nwritten: {', '.join(result['files'])}"
+        + (f"; MLflow run {result['run_id']}" if result["run_id"] else "")
+    )
+    return 0

@@ -6,7 +6,8 @@ A candidate replaces the champion only when
   the difference (candidate − champion, per question, paired by question id) above ``min_delta``;
 * and no guard metric drops by more than its tolerance (candidate ≥ champion − tolerance).
 
-With no champion, the candidate is promoted. Metric names are short for the evaluation's metrics:
+With no champion, the candidate must pass the same test against a reference: the base model's
+evaluation from the same pipeline run (``versus`` names it). With neither, it is promoted. Metric names are short for the evaluation's metrics:
 ``gsm8k.round3`` is ``eval.gsm8k.round3``, the score of round 3; ``gsm8k.delta3`` is
 ``eval.gsm8k.delta3``, the change from round 2 to round 3 (per question: score₃ − score₂).
 """
@@ -151,19 +152,22 @@ def decide(
     n_boot: int = N_BOOT,
     seed: int = 0,
     confidence: float = CONFIDENCE,
+    versus: str = "champion",
 ) -> Decision:
     """Apply the rule. ``*_metrics`` map full metric keys (``eval.gsm8k.round3``) to values;
-    ``*_questions`` map question ids to the primary metric's per-question values."""
+    ``*_questions`` map question ids to the primary metric's per-question values. ``champion_*`` is
+    what the candidate must beat; ``versus`` says what that is (``champion``, or ``base model …``
+    while there is no champion)."""
     if primary.key not in candidate_metrics:
         raise PtrError(f"the candidate's evaluation has no metric {primary.key}")
     if champion_metrics is None:
         return Decision(
             True,
-            "no champion yet: the first evaluated model is promoted",
+            "no champion yet and no base evaluation to compare with: the first evaluated model is promoted",
             {"metric": primary.key, "candidate": candidate_metrics[primary.key]},
         )
     if primary.key not in champion_metrics:
-        raise PtrError(f"the champion's evaluation has no metric {primary.key}")
+        raise PtrError(f"the {versus}'s evaluation has no metric {primary.key}")
     if candidate_questions is None or champion_questions is None:
         raise PtrError(f"per-question results for {primary.short} are needed for the bootstrap bound")
     boot = paired_bootstrap(
@@ -173,12 +177,13 @@ def decide(
         "metric": primary.key,
         "candidate": candidate_metrics[primary.key],
         "champion": champion_metrics[primary.key],
+        "versus": versus,
         "min_delta": min_delta,
         **boot,
     }
     guard_rows = []
     for metric, tolerance in guards:
-        for who, table in (("candidate", candidate_metrics), ("champion", champion_metrics)):
+        for who, table in (("candidate", candidate_metrics), (versus, champion_metrics)):
             if metric.key not in table:
                 raise PtrError(f"guard {metric.short}: the {who}'s evaluation has no metric {metric.key}")
         drop = champion_metrics[metric.key] - candidate_metrics[metric.key]
@@ -193,15 +198,16 @@ def decide(
             }
         )
     pct = f"{confidence:.0%}"
+    against = "" if versus == "champion" else f" than the {versus}"
     if boot["delta"] <= 0:
         reason = (
-            f"not better on {primary.short}: paired difference {boot['delta']:+.4f} over {boot['n']} questions "
+            f"not better{against} on {primary.short}: paired difference {boot['delta']:+.4f} over {boot['n']} questions "
             f"({pct} interval [{boot['lo']:+.4f}, {boot['hi']:+.4f}])"
         )
         return Decision(False, reason, summary, guard_rows)
     if boot["lo"] <= min_delta:
         reason = (
-            f"better on {primary.short} by {boot['delta']:+.4f}, but the lower {pct} bound {boot['lo']:+.4f} "
+            f"better{against} on {primary.short} by {boot['delta']:+.4f}, but the lower {pct} bound {boot['lo']:+.4f} "
             f"is not above --min_delta {min_delta:g} ({boot['n']} questions)"
         )
         return Decision(False, reason, summary, guard_rows)
@@ -213,7 +219,7 @@ def decide(
         )
         return Decision(False, reason, summary, guard_rows)
     reason = (
-        f"better on {primary.short} by {boot['delta']:+.4f} ({pct} interval [{boot['lo']:+.4f}, {boot['hi']:+.4f}], "
+        f"better{against} on {primary.short} by {boot['delta']:+.4f} ({pct} interval [{boot['lo']:+.4f}, {boot['hi']:+.4f}], "
         f"{boot['n']} questions, lower bound above {min_delta:g})"
         + (f"; {len(guard_rows)} guard(s) within tolerance" if guard_rows else "")
     )

@@ -84,6 +84,17 @@ def _missing_eval(name: str, version: str, metric: str) -> PtrError:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """What a candidate must beat while there is no champion: the base model's evaluation from the
+    same pipeline run. ``metrics``: its ``eval.*`` metrics; ``questions``: per question id, its
+    values of the primary metric; ``label``: what it is (``base model smollm2-135m-instruct``)."""
+
+    label: str
+    metrics: dict[str, float]
+    questions: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Promotion:
     """What :func:`promote` decided, with its evidence (``report``, also logged as ``promotion.json``)."""
 
@@ -133,11 +144,13 @@ def promote(
     seed: int = 0,
     confidence: float = gate.CONFIDENCE,
     move_alias: bool = True,
+    reference: Reference | None = None,
 ) -> Promotion:
     """Decide and act: find the candidate and the champion, read their evaluations, apply the rule,
-    record the decision and move the ``champion`` alias when the candidate wins. Raises PtrError when
-    evidence is missing. With ``move_alias=False`` the alias stays: the caller crowns the candidate
-    (:func:`crown`) once production serves it."""
+    record the decision and move the ``champion`` alias when the candidate wins. With no champion
+    yet, the candidate must beat ``reference`` (the pipeline passes its base model's evaluation).
+    Raises PtrError when evidence is missing. With ``move_alias=False`` the alias stays: the caller
+    crowns the candidate (:func:`crown`) once production serves it."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: no bars
     rule = _Rule(
         gate.parse_metric(primary),
@@ -151,7 +164,7 @@ def promote(
     mlflow_client = client()
     candidate, champion = _versions(mlflow_client, name, version)
     report = {"name": name, "candidate": candidate, "champion": champion}
-    decision = _decide(mlflow_client, name, candidate, champion, rule, report)
+    decision = _decide(mlflow_client, name, candidate, champion, rule, report, reference)
     report["decision"] = decision.as_dict()
     if champion != candidate:  # already the champion: nothing to record or move
         _record(mlflow_client, name, candidate, champion, rule, decision, report)
@@ -175,8 +188,17 @@ def _versions(mlflow_client, name: str, version: str | None) -> tuple[str, str |
     return str(candidate.version), str(champion.version) if champion else None
 
 
-def _decide(mlflow_client, name: str, candidate: str, champion: str | None, rule: _Rule, report: dict):
-    """The rule applied to both versions' evaluations (their runs are noted in ``report``)."""
+def _decide(
+    mlflow_client,
+    name: str,
+    candidate: str,
+    champion: str | None,
+    rule: _Rule,
+    report: dict,
+    reference: Reference | None = None,
+):
+    """The rule applied to both versions' evaluations (their runs are noted in ``report``), or to
+    the candidate's and the reference's while there is no champion."""
     key = rule.primary.key
     cand = evaluated(mlflow_client, name, candidate)
     if key not in cand.metrics:
@@ -184,6 +206,21 @@ def _decide(mlflow_client, name: str, candidate: str, champion: str | None, rule
     report["candidate_eval_run"] = cand.sources[key]
     if champion == candidate:
         return gate.Decision(True, f"version {candidate} is already the champion")
+    if champion is None and reference is not None:
+        report["reference"] = reference.label
+        return gate.decide(
+            primary=rule.primary,
+            candidate_metrics=cand.metrics,
+            champion_metrics=reference.metrics,
+            candidate_questions=question_scores(mlflow_client, cand.sources[key], rule.primary),
+            champion_questions=reference.questions,
+            guards=rule.guards,
+            min_delta=rule.min_delta,
+            n_boot=rule.n_boot,
+            seed=rule.seed,
+            confidence=rule.confidence,
+            versus=reference.label,
+        )
     if champion is None:
         return gate.decide(primary=rule.primary, candidate_metrics=cand.metrics, champion_metrics=None)
     champ = evaluated(mlflow_client, name, champion)
@@ -258,15 +295,19 @@ def summary(report: dict) -> str:
         f"- decision: **{'promoted' if d['promote'] else 'champion kept'}**: {d['reason']}",
     ]
     p = d.get("primary") or {}
+    if report.get("reference"):
+        lines.append(f"- no champion yet: compared with the {report['reference']} of the same run")
     if "delta" in p:
+        versus = p.get("versus", "champion")
         lines.append(
-            f"- {p['metric']}: candidate {p['candidate']:.4f}, champion {p['champion']:.4f}; paired difference "
+            f"- {p['metric']}: candidate {p['candidate']:.4f}, {versus} {p['champion']:.4f}; paired difference "
             f"{p['delta']:+.4f}, {p['confidence']:.0%} interval [{p['lo']:+.4f}, {p['hi']:+.4f}] over {p['n']} "
             f"questions (bootstrap {p['n_boot']}, seed {p['seed']})"
         )
     for g in d.get("guards") or []:
         lines.append(
-            f"- guard {g['metric']}: candidate {g['candidate']:.4f}, champion {g['champion']:.4f}, "
+            f"- guard {g['metric']}: candidate {g['candidate']:.4f}, {p.get('versus', 'champion')} "
+            f"{g['champion']:.4f}, "
             f"drop {g['drop']:+.4f} (tolerance {g['tolerance']:g}): {'ok' if g['ok'] else 'FAILED'}"
         )
     return "\n".join(lines) + "\n"

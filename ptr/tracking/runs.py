@@ -23,6 +23,10 @@ from ptr.tracking import plots
 from ptr.tracking.store import local_dir
 
 PIPELINE_STAGE = "pipeline"
+# MLflow 3's UI reads an experiment's kind from this tag; "custom_model_development" (shown as
+# "Machine learning") opens it on its training runs rather than on GenAI traces. (The values the UI
+# knows, in mlflow/server/js of MLflow 3.17: genai_development, custom_model_development, finetuning, …)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 _TAG_LIMIT = 5000
 _PARAM_LIMIT = 6000
@@ -107,9 +111,15 @@ def experiment_id(client, name: str | None = None) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND[0] not in exp.tags:  # made before ptr tagged experiments: say what it holds
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_root(client.tracking_uri, name))
+        return client.create_experiment(
+            name,
+            artifact_location=_artifact_root(client.tracking_uri, name),
+            tags=dict([EXPERIMENT_KIND]),
+        )
     except MlflowException:  # created meanwhile by another stage
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -132,18 +142,17 @@ def _parents(client, exp_id: str, ptr_run_id: str) -> list:
     return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
-def parent_run(client, exp_id: str, ptr_run_id: str) -> str:
+def parent_run(client, exp_id: str, ptr_run_id: str, label: str | None = None) -> str:
     """The parent run tagged ``ptr.run_id``: found, or created. Two stages racing to create it agree
-    on the oldest one and the other deletes its own."""
+    on the oldest one and the other deletes its own. ``label`` (default ``PTR_RUN_LABEL``, the
+    config's ``run.name``) names it and is tagged ``ptr.label``."""
     _check_run_id(ptr_run_id)
     found = _parents(client, exp_id, ptr_run_id)
     if found:
         return found[0].info.run_id
-    mine = client.create_run(
-        exp_id,
-        run_name=f"pipeline {ptr_run_id}",
-        tags={"ptr.run_id": ptr_run_id, "ptr.stage": PIPELINE_STAGE},
-    ).info.run_id
+    label = label or os.environ.get("PTR_RUN_LABEL") or None
+    tags = {"ptr.run_id": ptr_run_id, "ptr.stage": PIPELINE_STAGE, **({"ptr.label": label} if label else {})}
+    mine = client.create_run(exp_id, run_name=f"{label or 'pipeline'} {ptr_run_id}", tags=tags).info.run_id
     winner = _parents(client, exp_id, ptr_run_id)[0].info.run_id
     if winner != mine:
         client.delete_run(mine)
@@ -317,9 +326,16 @@ def _say_where(client, info) -> None:
 
 
 @contextlib.contextmanager
-def open_run(stage: str, params: dict | None, tags: dict | None, uri: str, ptr_run_id: str | None = None):
+def open_run(
+    stage: str,
+    params: dict | None,
+    tags: dict | None,
+    uri: str,
+    ptr_run_id: str | None = None,
+    name: str | None = None,
+):
     """Start the stage's child run (the active MLflow run inside the block) and end it with the status
-    the block earned."""
+    the block earned. ``name``: the run's name (default: the stage), e.g. what an evaluation scored."""
     import mlflow
 
     client = connect(uri)
@@ -331,11 +347,13 @@ def open_run(stage: str, params: dict | None, tags: dict | None, uri: str, ptr_r
     active = mlflow.active_run()
     if active is not None:  # a stage called inside another stage's run, in one process: nest under it
         run = mlflow.start_run(
-            experiment_id=active.info.experiment_id, run_name=stage, nested=True, tags=run_tags
+            experiment_id=active.info.experiment_id, run_name=name or stage, nested=True, tags=run_tags
         )
         parent = None
     else:
-        run = mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=run_tags)
+        run = mlflow.start_run(
+            experiment_id=exp_id, run_name=name or stage, parent_run_id=parent, tags=run_tags
+        )
     handle = MlflowRun(client, run.info.run_id)
     status = "FAILED"
     try:

@@ -44,11 +44,30 @@ def pipeline_run(ptr_run_id: str | None = None) -> str | None:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: dict | None = None, tags: dict | None = None):
+def stage_run(stage: str, params: dict | None = None, tags: dict | None = None, name: str | None = None):
     """A child run for one stage (``train``, ``eval``, …) under the pipeline run's parent, or a
-    no-op handle when tracking is off (or on a rank other than 0)."""
+    no-op handle when tracking is off (or on a rank other than 0). ``name``: the run's name when the
+    stage alone does not say what it did (``eval base · smollm2-135m-instruct``)."""
     if not enabled():
         yield NullRun()
         return
-    with runs.open_run(stage, params=params, tags=tags, uri=tracking_uri()) as handle:
+    with runs.open_run(stage, params=params, tags=tags, uri=tracking_uri(), name=name) as handle:
         yield handle
+
+
+def log_to_pipeline(
+    metrics: dict[str, float] | None = None, params: dict | None = None, tags: dict | None = None
+) -> None:
+    """Figures of the whole pipeline run on its parent run, where MLflow's runs table shows them
+    without expanding the run (the headline scores, the promotion decision, the step times).
+    Nothing happens when tracking is off or outside a pipeline run."""
+    parent = pipeline_run()
+    if parent is None:
+        return
+    handle = runs.MlflowRun(runs.connect(tracking_uri()), parent)
+    if params:
+        handle.log_params(params)
+    if metrics:
+        handle.log_metrics(metrics)
+    if tags:
+        handle.set_tags(tags)

@@ -6,22 +6,73 @@ from pathlib import Path
 
 from ptr.cluster import training as cluster_training
 from ptr.encode.encoder import encode as run_encode
+from ptr.encode.layout import shortest_thought_turns
 from ptr.errors import PtrError
 from ptr.files import write_json
-from ptr.pipeline import launch
+from ptr.models import load_tokenizer, resolve
+from ptr.pipeline import launch, stage_cache
 from ptr.pipeline.config import Train, section
-from ptr.pipeline.steps.common import announce, model_location, set_context
+from ptr.pipeline.steps.common import (
+    announce,
+    cache_for,
+    describe_run,
+    model_location,
+    note_reused,
+    set_context,
+    timed,
+)
+from ptr.prompts import REFINE_PROMPT
+from ptr.records import iter_jsonl
 from ptr.tracking.model_registry import register_model
 from ptr.train import ds_config
 
 
 def encode(run: dict, train: dict, thoughts_dir: str, out_dir: str, run_id: str) -> dict:
-    """Packed shards of the kept thoughts under ``<out_dir>/ptr``; returns the encoder's summary."""
+    """Shards of the kept thoughts under ``<out_dir>/<layout>``; returns the encoder's summary."""
     run, train = section("run", run), section("train", train)
     set_context(run, run_id)
-    config = train.encode_config(str(Path(thoughts_dir) / "thoughts.jsonl"), str(out_dir))
+    describe_run(train=train)
+    thoughts = Path(thoughts_dir) / "thoughts.jsonl"
+    config = train.encode_config(str(thoughts), str(out_dir), qa_overhead=qa_overhead(train, thoughts))
     announce("encode", config)
-    return run_encode(config)
+    settings = config.model_dump(mode="json", exclude={"input", "output_path", "tokenizer_path", "num_proc"})
+    cache = cache_for(
+        "encode",
+        run,
+        settings,
+        lambda: {"thoughts": stage_cache.digest([thoughts]), "tokenizer": model_digest(train.base_model)},
+    )
+    with timed("encode", run, run_id) as timer:
+        summary = cache.reuse(out_dir)
+        if summary is not None:
+            timer.reused = True
+            note_reused("encode", summary, cache.entry)
+        else:
+            summary = run_encode(config)
+            cache.keep(out_dir, summary)
+    return summary
+
+
+def qa_overhead(train: Train, thoughts: Path) -> int:
+    """For the ``qa`` layout: what the ``ptr`` layout of these records adds at the least, so that both
+    layouts keep the same records (:func:`ptr.encode.layout.shortest_thought_turns`)."""
+    if train.layout != "qa":
+        return 0
+    refine_prompt, num_thoughts = REFINE_PROMPT, None
+    for _, record in iter_jsonl(thoughts):
+        if record.get("kept"):
+            refine_prompt = record.get("refine_prompt") or REFINE_PROMPT
+            num_thoughts = len(record.get("thoughts") or [])
+            break
+    if not num_thoughts:
+        return 0
+    tokenizer = load_tokenizer(resolve(train.base_model))
+    return shortest_thought_turns(tokenizer, refine_prompt, num_thoughts)
+
+
+def model_digest(model_ref: str) -> str:
+    """A model by the content of its files (a name such as ``smollm2-135m-instruct`` resolved first)."""
+    return stage_cache.digest([resolve(model_ref)])
 
 
 def _merge(base: dict, changes: dict) -> dict:
@@ -67,7 +118,31 @@ def train(run: dict, train: dict, shards_dir: str, out_dir: str, run_id: str) ->
             shards_dir, str(out / "output"), seed=run.seed, deepspeed_config_path=ds_path and str(ds_path)
         )
         announce("train", config)
-        launch.run_local(config.to_argv(), train.nproc_per_node * train.num_nodes)
+        settings = {
+            "train": config.model_dump(
+                mode="json", exclude={"data_path", "output_path", "deepspeed_config_path", "model_path"}
+            ),
+            "deepspeed": ds,
+            "processes": train.nproc_per_node * train.num_nodes,
+        }
+        cache = cache_for(
+            "train",
+            run,
+            settings,
+            lambda: {
+                "shards": stage_cache.digest([shards_dir]),
+                "base_model": model_digest(train.base_model),
+            },
+        )
+        with timed("train", run, run_id) as timer:
+            record = cache.reuse(out)
+            if record is not None:
+                timer.reused = True
+                note_reused("train", record, cache.entry)
+            else:
+                launch.run_local(config.to_argv(), train.nproc_per_node * train.num_nodes)
+                record = {"save_name": train.save_name}
+                cache.keep(out, record, skip=("checkpoints",))
         location = {"model": str((out / "output" / train.save_name / "final").resolve())}
     else:
         config = train.train_config(shards_dir, str(out / "output"), seed=run.seed)
@@ -92,7 +167,8 @@ def register(run: dict, model_dir: str, out_dir: str, run_id: str) -> dict:
     run = section("run", run)
     set_context(run, run_id)
     model = model_location(model_dir)
-    info = register_model(model, run.model_name, ptr_run_id=run_id)
+    with timed("register", run, run_id):
+        info = register_model(model, run.model_name, ptr_run_id=run_id)
     record = {
         "name": info["name"],
         "version": str(info["version"]),
