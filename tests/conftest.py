@@ -55,6 +55,22 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
+# Pipeline steps set the run's context in os.environ (in a step's own process that is the point);
+# steps a test calls in-process must not hand their run id or store to the tests after it.
+RUN_CONTEXT = ("PTR_RUN_ID", "PTR_EXPERIMENT", "PTR_RUN_LABEL", "PTR_MODEL_VERSION", "MLFLOW_TRACKING_URI")
+
+
+@pytest.fixture(autouse=True)
+def _restore_run_context():
+    saved = {key: os.environ.get(key) for key in RUN_CONTEXT}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def run_ptr(*args, check: bool = False, env: dict | None = None, cwd=None, timeout: float = 600):
     """Run ``python -m ptr <args>`` from the repository; returns the CompletedProcess."""
     proc = subprocess.run(
