@@ -61,6 +61,31 @@ def task_and_prompts(args):
     return config, task, docs, prompts, _params(config, task, "default")
 
 
+class EngineClock:
+    """Seconds spent inside vLLM's ``LLM.generate`` / ``LLM.chat`` (the engine's work, the same on both
+    sides) — the rest of a timed run is the harness: task set-up, prompt handling, scoring, files."""
+
+    def __init__(self):
+        import vllm
+
+        self.seconds = 0.0
+        for name in ("generate", "chat"):
+            real = getattr(vllm.LLM, name)
+
+            def timed(*a, _real=real, **kw):
+                started = time.perf_counter()
+                try:
+                    return _real(*a, **kw)
+                finally:
+                    self.seconds += time.perf_counter() - started
+
+            setattr(vllm.LLM, name, timed)
+
+    def lap(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
 def run_ours(args) -> dict:
     """In this process (invoked as a child with --side ours)."""
     from ptr.evaluate import evaluate
@@ -70,7 +95,9 @@ def run_ours(args) -> dict:
     config, _task, _docs, prompts, _ = task_and_prompts(args)
     backend = load_backend("vllm", args.model, backend_options(config))
     backend.generate(prompts[:1], SamplingParams(max_new_tokens=4))  # warm-up
+    clock = EngineClock()
     out: dict = {"one_round_s": [], "three_rounds_s": [], "tokens": backend.tokenizer(prompts[0]).input_ids}
+    out |= {"one_round_engine_s": [], "three_rounds_engine_s": []}
     work = Path(tempfile.mkdtemp(prefix="ptr-bench-eval-vllm-"))
     for repeat in range(args.repeats):
         for rounds, key in ((1, "one_round_s"), (3, "three_rounds_s")):
@@ -78,9 +105,11 @@ def run_ours(args) -> dict:
             run = config.model_copy(
                 update={"rounds": rounds, "output_path": str(work), "save_name": f"r{rounds}-{repeat}"}
             )
+            clock.lap()
             started = time.perf_counter()
             results = evaluate(run, backend=backend)
             out[key].append(time.perf_counter() - started)
+            out[key.replace("_s", "_engine_s")].append(clock.lap())
             records = [
                 json.loads(line)
                 for line in (results.output_dir / "gsm8k.predictions.jsonl").read_text().splitlines()
@@ -144,10 +173,13 @@ def run_lm_eval(args) -> dict:
         return texts
 
     lm.model.generate(prompts[:1], use_tqdm=False)  # warm-up
+    clock = EngineClock()
     out: dict = {"one_round_s": [], "three_rounds_s": [], "tokens": lm.tok_encode(prompts[0])}
+    out |= {"one_round_engine_s": [], "three_rounds_engine_s": []}
     for repeat in range(args.repeats):
         for rounds, key in ((1, "one_round_s"), (3, "three_rounds_s")):
             lm.model.reset_prefix_cache()
+            clock.lap()
             started = time.perf_counter()
             current, texts = list(prompts), []
             for k in range(1, rounds + 1):
@@ -158,6 +190,7 @@ def run_lm_eval(args) -> dict:
                         for p, t in zip(current, texts[-1], strict=True)
                     ]
             out[key].append(time.perf_counter() - started)
+            out[key.replace("_s", "_engine_s")].append(clock.lap())
             per_doc = [[texts[k][i] for k in range(rounds)] for i in range(len(docs))]
             out[f"texts_{rounds}"] = per_doc
             out[f"accuracy_{rounds}"] = [
@@ -228,6 +261,16 @@ def main() -> int:
                 "lm_eval_3_calls_problems_per_s": round(args.n / med(ref["three_rounds_s"]), 4),
                 "ours_s": {"one_round": ours["one_round_s"], "three_rounds": ours["three_rounds_s"]},
                 "lm_eval_s": {"one_round": ref["one_round_s"], "three_rounds": ref["three_rounds_s"]},
+                "engine_s": {  # inside vLLM's LLM.generate/chat; the rest is each harness's own
+                    "ours": {
+                        "one_round": ours["one_round_engine_s"],
+                        "three_rounds": ours["three_rounds_engine_s"],
+                    },
+                    "lm_eval": {
+                        "one_round": ref["one_round_engine_s"],
+                        "three_rounds": ref["three_rounds_engine_s"],
+                    },
+                },
                 "process_s": {"ours": ours["process_s"], "lm_eval": ref["process_s"]},
                 "same_prompt_tokens": ours["tokens"] == ref["tokens"],
                 "same_output_text": same,
