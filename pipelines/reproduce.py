@@ -13,9 +13,10 @@ into the report folder, and ``times.md`` says where the time went (per step and 
 ``--pilot N``: N questions per task into the experiment ``<experiment>-pilot`` and the report folder
 ``reports/reproduction-smollm2/pilot/`` (git-ignored), to check the whole path and measure it first.
 
-Every process gets ``OMP_NUM_THREADS=1`` unless it is set: on a machine whose cores are shared, two
-OpenMP threads per process waiting on each other made one SmolLM2 decoding step 20× slower (9.3 s
-against 0.44 s at batch 16, measured here under load); training ranks already get one core each.
+Every process gets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set (``make`` sets it too): on a machine
+whose cores are shared, OpenMP threads that spin while they wait made one SmolLM2 decoding step 20×
+slower (9.3 s against 0.44 s at batch 16 with one thread, measured here under load; with passive
+waiting two threads took 0.30 s). Training ranks get one core each (``ptr.pipeline.launch``).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PtrError(
                 f"{path}: run.experiment {config.run.experiment!r}; every run goes to {experiment!r}"
             )
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     started, walls = time.time(), {}
     for path in paths:
         name = load_config(path, parse_overrides(overrides)).run.name or path.stem

@@ -127,12 +127,14 @@ def summary(result: dict, experiment: str) -> str:
         result["report"].rstrip(),
         "",
         f"Model {reg.get('name')} version {reg.get('version')} (run id {reg.get('run_id')}): "
-        + ("promoted to champion" if decision.get("promoted") else "kept as candidate, the champion stays"),
+        + ("promoted to champion" if decision.get("promoted") else "kept as candidate")
+        + (f" — {decision['reason']}" if decision.get("reason") else ""),
         f"MLflow: tracking URI {uri}, experiment {experiment!r}; runs tagged ptr.run_id={reg.get('run_id')}",
     ]
     if uri.startswith("sqlite:"):
         lines.append(
-            f"  browse: .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)"
+            f"  browse: .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000, "
+            "the experiment with ?workflowType=machine_learning to land on its runs)"
         )
     lines.append(f"Artifacts of every step: {result['run_dir']}  ({result['seconds'] / 60:.1f} min)")
     return "\n".join(lines)

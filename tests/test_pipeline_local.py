@@ -20,6 +20,7 @@ import pytest
 from pipelines import run as runner
 from ptr.pipeline.config import load_config
 from ptr.procs import pid_alive
+from tests.support import mlflow_ui
 
 STAGES = (
     "ptr.data.thoughts",
@@ -115,7 +116,8 @@ def test_report_puts_base_and_trained_side_by_side(finished):
     lines = result["report"].splitlines()
     header = next(line for line in lines if line.startswith("| task"))
     assert header == (
-        "| task | n | base r1 | base r2 | base r3 | base Δ | trained r1 | trained r2 | trained r3 | trained Δ |"
+        "| task | n | base r1 | base r2 | base r3 | base Δ2 | base Δ3 "
+        "| trained r1 | trained r2 | trained r3 | trained Δ2 | trained Δ3 |"
     )
     row = next(line for line in lines if line.startswith("| arith"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -253,3 +255,34 @@ def test_compare_reads_both_runs_back_from_mlflow(finished, monkeypatch):
         "| arith | base | 3 |" in out["table"] and (tmp / "report" / "score_vs_round.png").stat().st_size > 0
     )
     assert out["run_id"]
+
+
+@pytest.mark.skipif(
+    mlflow_ui.chromium() is None, reason="no chromium on this machine (apt-get install chromium)"
+)
+def test_the_mlflow_ui_shows_pipeline_runs_side_by_side(finished, tmp_path):
+    """In a real browser (headless Chromium): the experiment's link opens on its runs, whose table
+    lists the two pipeline runs by name with their headline figures as columns, no row expanded.
+    MLflow 3.17 decides what an experiment opens on by the UI's workflow switch (GenAI by default),
+    so the link carries ``workflowType=machine_learning`` (mlflow/server/js: useExperimentKind)."""
+    import mlflow
+
+    result, tmp = finished
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    experiment = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name("ptr-test")
+    with mlflow_ui.mlflow_server(uri) as url:
+        browser = mlflow_ui.Browser()
+        try:
+            page = mlflow_ui.runs_page(url, experiment.experiment_id)
+            browser.open(page, until="Run Name")  # the runs table, not the GenAI overview
+            mlflow_ui.show_columns(
+                browser, experiment.experiment_id, ["metrics.candidate.arith.round3", "params.train.layout"]
+            )
+            text = browser.open(None, until="candidate.arith")
+            for run in (result, result["again"]):
+                assert f" {run['registration']['run_id']}" in text  # "tiny <id>", "again <id>"
+            assert "train.layout" in text and "\nptr\n" in text
+            browser.screenshot(tmp_path / "runs.png")
+        finally:
+            browser.close()
+    assert (tmp_path / "runs.png").stat().st_size > 10_000
