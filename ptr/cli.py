@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("ptr.data.generate:main", "the paper's generic sampler: prompts in, completions out"),
     "thoughts": ("ptr.data.thoughts:main", "weak models write attempts, a strong model the final answer"),
     "encode": ("ptr.encode.cli:main", "tokenize thought data into training shards"),
-    "train": ("ptr.train.cli:process_main", "weighted thought-mask fine-tuning on DeepSpeed"),
+    "train": ("ptr.train.cli:main", "weighted thought-mask fine-tuning on DeepSpeed"),
     "eval": ("ptr.evaluate.cli:main", "score R refinement rounds on the benchmarks"),
     "serve": ("ptr.serve.cli:main", "serve the refining model with KServe"),
     "register": ("ptr.tracking.cli:register_main", "log a model to MLflow and register a version"),

@@ -257,6 +257,7 @@ def test_compare_reads_both_runs_back_from_mlflow(finished, monkeypatch):
     assert out["run_id"]
 
 
+@pytest.mark.slow  # a browser beside an MLflow server: about a minute, in make test-slow
 @pytest.mark.skipif(
     mlflow_ui.chromium() is None, reason="no chromium on this machine (apt-get install chromium)"
 )

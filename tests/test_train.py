@@ -350,6 +350,32 @@ def test_an_answer_only_corpus_trains_with_its_own_weights(corpus, fp32_config, 
     assert json.loads((tmp_path / "qa" / "final" / "ptr_train.json").read_text())["loss_weights"] == [1, 0, 0]
 
 
+def threads_after_train(stdout: str) -> list[str]:
+    """The threads tests/support/train_then_threads.py found running once training had returned."""
+    [threads] = [json.loads(x)["threads"] for x in stdout.splitlines() if "threads_after_train" in x]
+    assert threads, stdout[-2000:]  # the main thread at least: the probe read /proc
+    return [t for t in threads if "gloo" in t or "tcpstore" in t]
+
+
+def test_a_finished_run_leaves_no_process_group_alive(corpus, fp32_config, tmp_path):
+    """ZeRO-3 with LoRA, ``ptr train``'s ``main`` in the process: once it returns, no gloo or TCPStore
+    thread is left. Before ``ptr.train.dist.shutdown`` this run left two groups' threads running (DeepSpeed's
+    cached world group, ZeRO-3's forward stack and lru_cache keeping the engine, torch.distributed.nn's
+    default arguments), for interpreter finalization to destroy; two ranks then aborted now and then after
+    a run that succeeded ("terminate called without an active exception", exit -6)."""
+    config = {**json.loads(fp32_config.read_text()), "zero_optimization": {"stage": 3}}
+    (tmp_path / "z3.json").write_text(json.dumps(config))
+    args = ["--model_path", "tiny-random", "--data_path", corpus, "--output_path", tmp_path, "--save_name", "z3",
+            "--deepspeed_config_path", tmp_path / "z3.json", "--max_steps", 2, "--use_lora"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, REPO / "tests/support/train_then_threads.py", *map(str, args)],
+        capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert done_line(proc.stdout)["step"] == 2
+    assert threads_after_train(proc.stdout) == []
+
+
 def test_lora_from_scratch_and_from_a_checkpoint(common, reference, tiny_path, monkeypatch):
     out = Path(common[5])
     mlflow_uri = (out / "mlruns").as_uri()  # a local MLflow store: with a tracking URI, metrics go to MLflow
@@ -409,11 +435,17 @@ def test_lora_from_scratch_and_from_a_checkpoint(common, reference, tiny_path, m
 
 @pytest.mark.slow
 def test_zero3_lora_two_ranks_resume_exactly(corpus, fp32_config, tmp_path):
-    """ZeRO-3 shards parameters and optimizer state across ranks; resume must still be exact."""
+    """ZeRO-3 shards parameters and optimizer state across ranks; resume must still be exact.
+
+    The resumed run goes through tests/support/train_then_threads.py (``ptr train``'s ``main`` in the
+    process, then the threads still running): once training returns, no process group may be left for
+    interpreter finalization to destroy. This run once ended with a rank aborted after success ("terminate
+    called without an active exception", exit -6): ZeRO-3 kept the groups alive past
+    ``destroy_process_group`` (see ``ptr.train.dist.shutdown``)."""
     config = {**json.loads(fp32_config.read_text()), "zero_optimization": {"stage": 3}}
     (tmp_path / "z3.json").write_text(json.dumps(config))
 
-    def two_ranks(name, *extra):
+    def two_ranks(name, *extra, entry=None):
         port, procs = free_port(), []
         for rank in (0, 1):  # a PyTorchJob's environment: no LOCAL_RANK, one process per pod
             env = {
@@ -427,6 +459,8 @@ def test_zero3_lora_two_ranks_resume_exactly(corpus, fp32_config, tmp_path):
             cmd = train_cmd("--model_path", "tiny-random", "--data_path", corpus, "--output_path", tmp_path,
                             "--save_name", name, "--deepspeed_config_path", tmp_path / "z3.json",
                             "--max_steps", 6, "--use_lora", *extra)  # fmt: skip
+            if entry is not None:  # `python -m ptr train ARGS` → `python ENTRY ARGS`
+                cmd = [sys.executable, str(entry), *cmd[4:]]
             procs.append(
                 subprocess.Popen(
                     cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
@@ -435,16 +469,19 @@ def test_zero3_lora_two_ranks_resume_exactly(corpus, fp32_config, tmp_path):
         outs = [p.communicate(timeout=900) for p in procs]
         for p, (_, err) in zip(procs, outs, strict=True):
             assert p.returncode == 0, err[-4000:]
-        return [done_line(o) for o, _ in outs]
+        return [done_line(o) for o, _ in outs], [o for o, _ in outs]
 
-    full = two_ranks("z3", "--save_steps", 3)
+    full, _ = two_ranks("z3", "--save_steps", 3)
     assert full[0]["params_sha256"] == full[1]["params_sha256"]
     (tmp_path / "z3b" / "checkpoints").mkdir(parents=True)
     shutil.copytree(
         tmp_path / "z3" / "checkpoints" / "step-00000003", tmp_path / "z3b" / "checkpoints" / "step-00000003"
     )
-    resumed = two_ranks("z3b", "--resume", "auto")
+    resumed, stdouts = two_ranks(
+        "z3b", "--resume", "auto", entry=REPO / "tests/support/train_then_threads.py"
+    )
     assert resumed[0]["params_sha256"] == full[0]["params_sha256"]
+    assert [threads_after_train(out) for out in stdouts] == [[], []]
     assert max_weight_diff(tmp_path / "z3" / "final", tmp_path / "z3b" / "final") <= 1e-6
 
 

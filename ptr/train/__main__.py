@@ -1,5 +1,5 @@
 import sys
 
-from ptr.train.cli import process_main
+from ptr.train.cli import main
 
-process_main(sys.argv[1:])
+raise SystemExit(main(sys.argv[1:]))

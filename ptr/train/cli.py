@@ -7,7 +7,6 @@ Kubeflow PyTorchJob's environment; see ``ptr.train.dist``.
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -73,34 +72,3 @@ def main(argv: list[str] | None = None) -> int:
     dist.prepare_environment(local_rank)
     train(config)
     return 0
-
-
-def process_main(argv: list[str] | None = None) -> NoReturn:
-    """``main`` as a process of its own (``python -m ptr.train``, ``ptr train``): once it has finished and
-    its output is flushed, the process ends without tearing the interpreter down.
-
-    Why: process groups outlive ``destroy_process_group`` in library globals this process cannot
-    release (measured at exit of a two-rank ZeRO-3 run: DeepSpeed's ``groups._WORLD_GROUP`` and, through
-    ZeRO-3's forward stack ``parameter_offload.FWD_MODULE_STACK``, the engine and every parameter's
-    ``ds_process_group``; ``torch.distributed.nn.functional``'s default arguments, bound to the world
-    group when transformers' DeepSpeed integration imports it after the group exists). Their gloo
-    threads (``pt_gloo_runloop`` ×4, ``gloo_tcp_loop`` ×2, the store's ``pt_tcpstore_uv``) are still
-    running when the interpreter finalizes, and a group destroyed then can need the GIL from a thread
-    that may no longer take it: now and then the rank aborts with "terminate called without an active
-    exception" (exit −6) after a run that succeeded. Everything the run writes is closed by then."""
-    import logging
-    import os
-    import sys
-    import traceback
-
-    try:
-        code = main(argv)
-    except SystemExit:  # argparse's usage errors and --help: nothing has started
-        raise
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

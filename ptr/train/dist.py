@@ -10,11 +10,16 @@ The backend is NCCL on CUDA and gloo on the CPU (with ``DS_ACCELERATOR=cpu``).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 
 from ptr.procs import free_port
+
+WORLD_DEFAULT_MODULES = ("torch.distributed.nn.functional", "torch.distributed._shard.sharded_tensor.reshard")
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,13 @@ def init() -> Dist:
         # (importlib: ``import deepspeed.comm.torch as m`` would bind the torch module that
         # deepspeed.comm re-exports under that name.)
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    # Modules that bind the world group as a default argument when imported (torch.distributed.nn's
+    # collectives, sharded-tensor resharding: ``group=group.WORLD``) keep it alive past its destruction
+    # when first imported after it exists; imported before, their default is None (the world group at
+    # call time). DeepSpeed and transformers import them during training.
+    for module in WORLD_DEFAULT_MODULES:
+        with contextlib.suppress(ImportError):  # the second is private: another torch may move it
+            importlib.import_module(module)
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     return Dist(
@@ -78,3 +90,44 @@ def init() -> Dist:
         local_rank=local_rank,
         device=f"cuda:{local_rank}" if cuda else "cpu",
     )
+
+
+def shutdown() -> None:
+    """Destroy the process groups now, while the interpreter is whole, and free them.
+
+    A group is a C++ object whose gloo threads run until the last Python reference to it is dropped. Left
+    to interpreter exit, that happens during finalization, and a rank then aborts now and then after a
+    run that succeeded ("terminate called without an active exception", exit -6). What holds the groups
+    after training: DeepSpeed's group cache (``deepspeed.utils.groups._WORLD_GROUP``, released by
+    ``deepspeed.comm.destroy_process_group``, not by torch's) and ZeRO-3's forward stack
+    (``parameter_offload.FWD_MODULE_STACK``, a module global that keeps the model, and through its
+    hooks the engine and each parameter's ``ds_process_group``, for the life of the process) and the
+    ``functools.lru_cache`` on ZeRO-3's ``PartitionedParameterCoordinator.__params_to_release``, whose
+    class-level cache keys on the coordinator and the model's modules (DeepSpeed 0.19)."""
+    import deepspeed.comm
+    import torch.distributed as torch_dist
+
+    if deepspeed.comm.is_initialized():
+        deepspeed.comm.destroy_process_group()
+    elif torch_dist.is_initialized():  # joined before this process imported DeepSpeed
+        torch_dist.destroy_process_group()
+    zero3 = sys.modules.get("deepspeed.runtime.zero.parameter_offload")
+    if zero3 is not None:  # no forward is running: the stack holds only the top modules it never pops
+        zero3.FWD_MODULE_STACK.clear()
+    coordinator = sys.modules.get("deepspeed.runtime.zero.partitioned_param_coordinator")
+    if coordinator is not None:  # its methods' class-level lru_caches are keyed by (and keep) instances
+        for method in vars(coordinator.PartitionedParameterCoordinator).values():
+            for cache in _lru_caches(method):
+                cache.cache_clear()
+    gc.collect()  # the engine, model and groups sit in reference cycles (hooks, closures)
+
+
+def _lru_caches(function, depth: int = 3) -> list:
+    """The ``functools.lru_cache`` wrappers inside a (possibly decorated) function: DeepSpeed wraps the
+    cache in its NVTX decorator, a closure without ``__wrapped__``."""
+    if hasattr(function, "cache_clear"):
+        return [function]
+    if depth == 0 or not callable(function):
+        return []
+    inner = [cell.cell_contents for cell in getattr(function, "__closure__", None) or ()]
+    return [cache for f in inner for cache in _lru_caches(f, depth - 1)]

@@ -55,10 +55,8 @@ def train(cfg: TrainConfig) -> dict:
         finally:
             if recipe is not None:
                 recipe.close()
-            import torch.distributed as torch_dist
-
-            if torch_dist.is_initialized():
-                torch_dist.destroy_process_group()
+            recipe = None  # the last reference to the model and engine, before the groups are freed
+            ptr_dist.shutdown()
     finally:
         for key in added:  # a caller's later subprocesses must not inherit a world of one
             os.environ.pop(key, None)
@@ -296,11 +294,12 @@ class Recipe:
     # -- finish ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the engine's hooks on the model and its optimizer's buffers (DeepSpeed's own teardown)."""
+        """Release the engine's hooks on the model and its optimizer's buffers (DeepSpeed's own teardown),
+        and the references to them, so ``ptr_dist.shutdown`` can free the process groups they hold."""
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.destroy()
-        self.engine = None
+        self.engine = self.objective = None
 
     def finish(self, tracker) -> dict:
         cfg, engine = self.cfg, self.engine
