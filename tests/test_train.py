@@ -335,21 +335,6 @@ def test_two_nodes_agree_on_losses_and_parameters(encoded, tmp_path):
     assert "Round 2" in refined.stdout
 
 
-def test_an_answer_only_corpus_trains_with_its_own_weights(corpus, fp32_config, tmp_path):
-    """A corpus encoded as qa carries λ = 1,0,0 in its meta.json; without --loss_weights the run uses
-    them, so its loss is its NLL term alone."""
-    qa = tmp_path / "qa"
-    shutil.copytree(corpus, qa)
-    meta = json.loads((qa / "meta.json").read_text())
-    (qa / "meta.json").write_text(json.dumps({**meta, "loss_weights": [1.0, 0.0, 0.0]}))
-    proc = run_train("--model_path", "tiny-random", "--data_path", qa, "--output_path", tmp_path,
-                     "--deepspeed_config_path", fp32_config, "--save_name", "qa", "--max_steps", 2)  # fmt: skip
-    assert f"loss weights λ1,λ2,λ3 = 1,0,0 from the corpus ({qa}/meta.json)" in proc.stderr
-    records = metrics(tmp_path / "qa")
-    assert all(r["loss"] == pytest.approx(r["nll"], rel=1e-6) and r["consistency"] != 0 for r in records)
-    assert json.loads((tmp_path / "qa" / "final" / "ptr_train.json").read_text())["loss_weights"] == [1, 0, 0]
-
-
 def threads_after_train(stdout: str) -> list[str]:
     """The threads tests/support/train_then_threads.py found running once training had returned."""
     [threads] = [json.loads(x)["threads"] for x in stdout.splitlines() if "threads_after_train" in x]
@@ -357,21 +342,46 @@ def threads_after_train(stdout: str) -> list[str]:
     return [t for t in threads if "gloo" in t or "tcpstore" in t]
 
 
-def test_a_finished_run_leaves_no_process_group_alive(corpus, fp32_config, tmp_path):
-    """ZeRO-3 with LoRA, ``ptr train``'s ``main`` in the process: once it returns, no gloo or TCPStore
-    thread is left. Before ``ptr.train.dist.shutdown`` this run left two groups' threads running (DeepSpeed's
-    cached world group, ZeRO-3's forward stack and lru_cache keeping the engine, torch.distributed.nn's
-    default arguments), for interpreter finalization to destroy; two ranks then aborted now and then after
-    a run that succeeded ("terminate called without an active exception", exit -6)."""
+@pytest.fixture(scope="module")
+def qa_z3_run(corpus, fp32_config, tmp_path_factory):
+    """One short run carries two checks: ZeRO-3 with LoRA, ``ptr train``'s ``main`` in the process
+    (tests/support/train_then_threads.py), on a copy of the corpus whose meta.json says it was encoded
+    as qa (λ = 1,0,0). Returns the finished process, its output folder and the corpus copy."""
+    out = tmp_path_factory.mktemp("qa-z3")
+    qa = out / "qa"
+    shutil.copytree(corpus, qa)
+    meta = json.loads((qa / "meta.json").read_text())
+    (qa / "meta.json").write_text(json.dumps({**meta, "loss_weights": [1.0, 0.0, 0.0]}))
     config = {**json.loads(fp32_config.read_text()), "zero_optimization": {"stage": 3}}
-    (tmp_path / "z3.json").write_text(json.dumps(config))
-    args = ["--model_path", "tiny-random", "--data_path", corpus, "--output_path", tmp_path, "--save_name", "z3",
-            "--deepspeed_config_path", tmp_path / "z3.json", "--max_steps", 2, "--use_lora"]  # fmt: skip
+    (out / "z3.json").write_text(json.dumps(config))
+    args = ["--model_path", "tiny-random", "--data_path", qa, "--output_path", out, "--save_name", "z3",
+            "--deepspeed_config_path", out / "z3.json", "--max_steps", 2, "--use_lora"]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, REPO / "tests/support/train_then_threads.py", *map(str, args)],
         capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, out / "z3", qa
+
+
+def test_an_answer_only_corpus_trains_with_its_own_weights(qa_z3_run):
+    """A corpus encoded as qa carries λ = 1,0,0 in its meta.json; without --loss_weights the run uses
+    them, so its loss is its NLL term alone."""
+    proc, run_dir, qa = qa_z3_run
+    assert f"loss weights λ1,λ2,λ3 = 1,0,0 from the corpus ({qa}/meta.json)" in proc.stderr
+    records = metrics(run_dir)
+    assert len(records) == 2
+    assert all(r["loss"] == pytest.approx(r["nll"], rel=1e-6) and r["consistency"] != 0 for r in records)
+    assert json.loads((run_dir / "final" / "ptr_train.json").read_text())["loss_weights"] == [1, 0, 0]
+
+
+def test_a_finished_run_leaves_no_process_group_alive(qa_z3_run):
+    """ZeRO-3 with LoRA, ``ptr train``'s ``main`` in the process: once it returns, no gloo or TCPStore
+    thread is left. Before ``ptr.train.dist.shutdown`` this run left two groups' threads running (DeepSpeed's
+    cached world group, ZeRO-3's forward stack and lru_cache keeping the engine, torch.distributed.nn's
+    default arguments), for interpreter finalization to destroy; two ranks then aborted now and then after
+    a run that succeeded ("terminate called without an active exception", exit -6)."""
+    proc, _, _ = qa_z3_run
     assert done_line(proc.stdout)["step"] == 2
     assert threads_after_train(proc.stdout) == []
 
