@@ -1,3 +1,4 @@
+import httpx
 import pytest
 
 from ptr.inference import SamplingParams, refine
@@ -5,19 +6,33 @@ from ptr.inference.openai_backend import EndpointError, OpenAIBackend
 from tests.support.procs import free_port, start, stop, wait_http
 
 
-@pytest.fixture()
-def server(request, tmp_path):
-    fail_first = getattr(request, "param", 0)
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """One test server (one tiny-random load) for the module; ``server`` sets its mode per test."""
     port = free_port()
     proc = start(
-        ["-m", "tests.support.openai_server", "--port", str(port), "--fail_first", str(fail_first)],
-        log=tmp_path / "server.log",
+        ["-m", "tests.support.openai_server", "--port", str(port)],
+        log=tmp_path_factory.mktemp("openai") / "server.log",
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
-        yield f"http://127.0.0.1:{port}/v1"
+        # one start for the module: on a machine shared with other work it may take over a minute
+        wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=300, proc=proc)
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
+
+
+def set_mode(root: str, *, fail_first: int = 0, leak_turn_end: bool = False) -> None:
+    resp = httpx.post(f"{root}/mode", json={"fail_first": fail_first, "leak_turn_end": leak_turn_end})
+    assert resp.status_code == 200 and resp.json()["failures_left"] == fail_first, resp.text
+
+
+@pytest.fixture()
+def server(request, started):
+    """The server's /v1, answering the first ``param`` generation requests with HTTP 503."""
+    set_mode(started, fail_first=getattr(request, "param", 0))
+    yield f"{started}/v1"
+    set_mode(started)
 
 
 def test_openai_backend_matches_local_generation(server, tiny_backend):
@@ -55,20 +70,16 @@ def test_openai_backend_unreachable():
         )
 
 
-def test_openai_backend_ends_answers_at_the_turn_end_the_server_let_through(tmp_path):
+def test_openai_backend_ends_answers_at_the_turn_end_the_server_let_through(started):
     """A server that returns special tokens as text and ignores stop strings: the client still ends
     the answer at the end of the turn, and asks for it (the end-of-turn markers go out as stops)."""
-    port = free_port()
-    proc = start(
-        ["-m", "tests.support.openai_server", "--port", str(port), "--leak_turn_end"], log=tmp_path / "log"
-    )
+    set_mode(started, leak_turn_end=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
-        client = OpenAIBackend(f"http://127.0.0.1:{port}/v1", concurrency=1)
+        client = OpenAIBackend(f"{started}/v1", concurrency=1)
         params = SamplingParams(max_new_tokens=6, stop=("\nQuestion:",))
         assert client.stops(params) == ["\nQuestion:", "<|im_end|>", "<|endoftext|>", "<|eot_id|>"]
         (out,) = client.generate([[{"role": "user", "content": "hi"}]], params)
     finally:
-        stop(proc)
+        set_mode(started)
     assert "<|im_end|>" not in out.text and "invented" not in out.text
     assert out.finish_reason == "stop"

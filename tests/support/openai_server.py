@@ -2,6 +2,8 @@
 backed by the transformers backend. ``--fail_first N`` answers the first N generation requests with
 HTTP 503, to exercise client retries. ``--leak_turn_end`` plays a server that returns special tokens as
 text and ignores stop strings: every answer goes on past ``<|im_end|>`` into an invented turn.
+``POST /mode`` with ``{"fail_first": N, "leak_turn_end": bool}`` sets both while it runs, so one server
+(one model load) serves a module's tests, each in the mode it needs.
 
     python -m tests.support.openai_server --model tiny-random --port 8123
 """
@@ -28,7 +30,7 @@ def main() -> None:
 
     backend = TransformersBackend(args.model, dtype="float32")
     lock = threading.Lock()
-    state = {"failures_left": args.fail_first, "requests": 0}
+    state = {"failures_left": args.fail_first, "requests": 0, "leak_turn_end": args.leak_turn_end}
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *a):
@@ -53,7 +55,13 @@ def main() -> None:
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path == "/mode":
+                with lock:
+                    state["failures_left"] = int(body.get("fail_first", 0))
+                    state["leak_turn_end"] = bool(body.get("leak_turn_end", False))
+                return self._send(200, state)
             with lock:
+                leak = state["leak_turn_end"]
                 state["requests"] += 1
                 if state["failures_left"] > 0:
                     state["failures_left"] -= 1
@@ -64,7 +72,7 @@ def main() -> None:
                 top_p=body.get("top_p", 1.0),
                 top_k=body.get("top_k", 0),
                 seed=body.get("seed"),
-                stop=() if args.leak_turn_end else tuple(body.get("stop") or ()),
+                stop=() if leak else tuple(body.get("stop") or ()),
             )
             if self.path == "/v1/chat/completions":
                 conv = body["messages"]
@@ -74,7 +82,7 @@ def main() -> None:
                 return self._send(404, {"error": "not found"})
             with lock:  # one generation at a time: the model is not shared across threads
                 out = backend.generate([conv], params)[0]
-            if args.leak_turn_end:
+            if leak:
                 out.text += "<|im_end|>\n<|im_start|>user\nAn invented turn."
             choice = {"index": 0, "finish_reason": out.finish_reason}
             if isinstance(conv, str):
