@@ -77,20 +77,22 @@ def check_pipelined_matches_round_synchronous(backend) -> None:
             history = continue_conversation(history, pipelined[i][k].text, REFINE_PROMPT)
 
 
+def test_continuous_engine_pipelines_rounds_with_the_same_texts(smollm_path):
+    # First, and closed before the offline engine starts: one engine in memory at a time.
+    from ptr.inference.vllm_backend import VLLMBackend
+
+    backend = VLLMBackend.from_options(smollm_path, BackendOptions(kv_cache_gib=0.25, serving=True))
+    try:
+        check_pipelined_matches_round_synchronous(backend)
+    finally:
+        backend.close()
+
+
 @pytest.fixture(scope="module")
 def offline(smollm_path):
     from ptr.inference.vllm_backend import VLLMBackend
 
     backend = VLLMBackend(smollm_path, kv_cache_gib=0.25)
-    yield backend
-    backend.close()
-
-
-@pytest.fixture(scope="module")
-def continuous(smollm_path):
-    from ptr.inference.vllm_backend import VLLMBackend
-
-    backend = VLLMBackend.from_options(smollm_path, BackendOptions(kv_cache_gib=0.25, serving=True))
     yield backend
     backend.close()
 
@@ -116,7 +118,3 @@ def test_offline_refinement_that_fails_midway_leaves_nothing_in_the_engine(offli
     assert not offline.llm.llm_engine.has_unfinished_requests()  # round 2's requests were aborted
     (again,) = offline.generate([CONVERSATIONS[0]], PARAMS)
     assert again.completion_tokens > 0
-
-
-def test_continuous_engine_pipelines_rounds_with_the_same_texts(continuous):
-    check_pipelined_matches_round_synchronous(continuous)

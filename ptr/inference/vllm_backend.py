@@ -436,3 +436,6 @@ class VLLMBackend(Backend):
             self.engine.shutdown()
             self.engine = None  # its __del__ shuts down again: now, not during interpreter exit
             self._loop.call_soon_threadsafe(self._loop.stop)
+        elif not self.continuous and self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()  # its process and memory go now, not at exit
+            self.llm = None
