@@ -1,7 +1,8 @@
 import pytest
 
-from ptr.inference import SamplingParams, continue_conversation, load_backend, refine
+from ptr.inference import Completion, SamplingParams, continue_conversation, load_backend, refine
 from ptr.inference.hf import TransformersBackend
+from ptr.inference.vllm_backend import _Rounds
 from ptr.prompts import REFINE_PROMPT
 
 QUESTIONS = [
@@ -35,6 +36,30 @@ def test_refine_rounds_structure(tiny_backend):
     assert out[0][1].prompt_tokens > out[0][0].prompt_tokens
     # outputs depend on the input (the tiny model is not degenerate)
     assert len({r[0].text for r in out}) > 1
+
+
+def test_pipelined_rounds_arriving_out_of_order_are_reported_per_round():
+    """vLLM's pipelined refinement hands completions over as they finish, rounds of different
+    conversations interleaved; each conversation's stay in round order and ``on_round(k)`` comes once
+    every conversation has finished round k."""
+    seen, generations = [], []
+    rounds = _Rounds(
+        3, 2, lambda k, idx, outs: seen.append((k, idx, [o.text for o in outs])), generations.append
+    )
+
+    def done(i, text):
+        return rounds.add(
+            i, Completion(text=text, prompt_tokens=1, completion_tokens=1, finish_reason="stop")
+        )
+
+    assert [done(1, "b1"), done(1, "b2"), done(0, "a1"), done(0, "a2")] == [1, 2, 1, 2]
+    assert seen == []  # conversation 2 is still in round 1
+    assert done(2, "c1") == 1
+    assert seen == [(1, [0, 1, 2], ["a1", "b1", "c1"])]
+    done(2, "c2")
+    assert seen[1:] == [(2, [0, 1, 2], ["a2", "b2", "c2"])]
+    assert [[c.text for c in r] for r in rounds.results] == [["a1", "a2"], ["b1", "b2"], ["c1", "c2"]]
+    assert generations == [1] * 6
 
 
 def test_prefix_reuse_gives_identical_greedy_outputs(tiny_backend):

@@ -17,12 +17,18 @@ Two engines: ``vllm.LLM`` for batch jobs (evaluation, refinement: all prompts in
 ``BackendOptions(serving=True)`` (``ptr serve``) vLLM's asynchronous engine, on an event loop of its
 own: each generation is submitted as it arrives and joins the running batch (continuous batching, as
 vLLM's own server does), and its text streams as it is decoded.
+
+Refinement is pipelined on both engines: a conversation's next round is submitted the moment its
+previous round is done, not once every conversation has finished that round. The batch stays full
+(no round waits for the batch to drain to its few longest answers) and the history's blocks, released
+a moment ago, are still in the prefix cache when the next round asks for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import threading
 import uuid
 from collections.abc import Callable
@@ -30,10 +36,11 @@ from pathlib import Path
 
 from ptr.chat import end_of_turn_ids
 from ptr.errors import PtrError
-from ptr.inference.backend import Backend, BackendOptions, OnText
-from ptr.inference.types import Completion, Conversation, SamplingParams
+from ptr.inference.backend import Backend, BackendOptions, OnRound, OnText, Progress
+from ptr.inference.types import Completion, Conversation, SamplingParams, continue_conversation
 from ptr.models import resolve
 from ptr.models.provenance import read_provenance
+from ptr.prompts import REFINE_PROMPT
 
 GiB = 1 << 30
 # The KV cache on a CPU unless the job asks for more: 46k tokens of SmolLM2-135M, 8k of Qwen2-0.5B.
@@ -88,6 +95,45 @@ def memory_plan(
     if kv_cache_gib is not None:
         plan["kv_cache_memory_bytes"] = int(kv_cache_gib * GiB)
     return plan
+
+
+def _completion(out) -> Completion:
+    """Our completion from vLLM's ``RequestOutput`` (one sample)."""
+    first = out.outputs[0]
+    return Completion(
+        text=first.text,
+        prompt_tokens=len(out.prompt_token_ids or []),
+        completion_tokens=len(first.token_ids),
+        finish_reason="length" if first.finish_reason == "length" else "stop",
+    )
+
+
+class _Rounds:
+    """Completions of pipelined rounds, arriving in any order: each conversation's in round order,
+    ``progress(1)`` per generation, and ``on_round(k, all indices, round k's completions)`` once every
+    conversation has finished round k (rounds are reported in order: a conversation's round k+1
+    ends after its round k)."""
+
+    def __init__(self, n: int, rounds: int, on_round: OnRound | None, progress: Progress | None):
+        self.results: list[list[Completion]] = [[] for _ in range(n)]
+        self.rounds, self.on_round, self.progress = rounds, on_round, progress
+        self._finished = [0] * (rounds + 1)  # per round, how many conversations have finished it
+        self._reported = 0
+
+    def add(self, i: int, completion: Completion) -> int:
+        """Record conversation i's next round; returns that round's number."""
+        self.results[i].append(completion)
+        k = len(self.results[i])
+        self._finished[k] += 1
+        if self.progress is not None:
+            self.progress(1)
+        n = len(self.results)
+        while self._reported < self.rounds and self._finished[self._reported + 1] == n:
+            self._reported += 1
+            if self.on_round is not None:
+                k_done = self._reported
+                self.on_round(k_done, list(range(n)), [r[k_done - 1] for r in self.results])
+        return k
 
 
 def _describe(plan: dict) -> str:
@@ -191,21 +237,119 @@ class VLLMBackend(Backend):
         if texts:
             got = self.llm.generate([conversations[i] for i in texts], sampling, use_tqdm=False)
             outputs.update(zip(texts, got, strict=True))
-        results = []
-        for i in range(len(conversations)):
-            out = outputs[i]
-            first = out.outputs[0]
-            results.append(
-                Completion(
-                    text=first.text,
-                    prompt_tokens=len(out.prompt_token_ids or []),
-                    completion_tokens=len(first.token_ids),
-                    finish_reason="length" if first.finish_reason == "length" else "stop",
-                )
-            )
+        results = [_completion(outputs[i]) for i in range(len(conversations))]
         if progress is not None:
             progress(len(conversations))
         return results
+
+    def refine(
+        self,
+        conversations,
+        rounds: int,
+        params: SamplingParams,
+        *,
+        refine_prompt: str | None = None,
+        chunk_size: int = 64,
+        on_round: OnRound | None = None,
+        progress: Progress | None = None,
+    ) -> list[list[Completion]]:
+        """:meth:`Backend.refine`, pipelined: conversation i's round k+1 is submitted as soon as its
+        round k is done, so the batch never drains between rounds. The prompts, sampling parameters
+        and texts are those of the round-synchronous path (the same ids as ``LLM.chat`` /
+        ``LLM.generate`` build, the same stop strings and ids); only the order in which generations
+        finish changes. ``progress(1)`` per generation; ``on_round(k, indices, completions)`` once
+        every conversation has finished round k. ``chunk_size`` does not apply: vLLM bounds its
+        own batch and cache."""
+        if rounds == 1 or not conversations:  # nothing to pipeline: one batch through generate
+            return super().refine(
+                conversations,
+                rounds,
+                params,
+                refine_prompt=refine_prompt,
+                on_round=on_round,
+                progress=progress,
+            )
+        tracker = _Rounds(len(conversations), rounds, on_round, progress)
+        prompt = refine_prompt or REFINE_PROMPT
+        if self.continuous:
+            self._refine_on_engine(list(conversations), params, prompt, tracker)
+        else:
+            self._refine_offline(list(conversations), params, prompt, tracker)
+        return tracker.results
+
+    def _refine_offline(self, current: list[Conversation], params, prompt: str, tracker: _Rounds) -> None:
+        """Drives the offline engine's steps itself (vllm/v1/engine/llm_engine.py: ``add_request``,
+        ``step``, as ``LLM._run_engine`` does), adding a conversation's next round when its last
+        one finishes. Prompts go in as token ids rendered like ``LLM.generate``'s
+        (``Renderer.render_cmpl``)."""
+        import vllm  # heavy, and only installed where this backend is used
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.llm.llm_engine
+        sampling = vllm.SamplingParams(
+            **self.sampling_options(params), output_kind=RequestOutputKind.FINAL_ONLY
+        )
+        run = uuid.uuid4().hex[:8]
+        owner: dict[str, int] = {}  # request id -> conversation index, while it runs
+
+        def submit(i: int, k: int) -> None:
+            (engine_input,) = engine.renderer.render_cmpl(
+                [{"prompt_token_ids": self._checked_ids(current[i])}]
+            )
+            request_id = f"ptr-refine-{run}-{i}-{k}"
+            engine.add_request(request_id, engine_input, sampling)
+            owner[request_id] = i
+
+        try:
+            for i in range(len(current)):
+                submit(i, 1)
+            while owner:
+                if not engine.has_unfinished_requests():
+                    raise RuntimeError(f"vLLM's engine dropped {len(owner)} refinement requests")
+                for out in engine.step():
+                    if not out.finished or out.request_id not in owner:
+                        continue
+                    i = owner.pop(out.request_id)
+                    completion = _completion(out)
+                    k = tracker.add(i, completion)
+                    if k < tracker.rounds:
+                        current[i] = continue_conversation(current[i], completion.text, prompt)
+                        submit(i, k + 1)
+        finally:
+            if owner:  # failed part-way: nothing of this call stays in the engine
+                engine.abort_request(list(owner))
+
+    def _refine_on_engine(self, current: list[Conversation], params, prompt: str, tracker: _Rounds) -> None:
+        """One chain of rounds per conversation on the asynchronous engine (as
+        :meth:`ptr.serve.batcher.Scheduler.refine` runs a request's). Completions come back to this
+        thread, which calls ``progress`` and ``on_round``."""
+        sampling = self._sampling(params, False)
+        done: queue.SimpleQueue = queue.SimpleQueue()  # (conversation index, completion); None at the end
+
+        async def chain(i: int) -> None:
+            for k in range(1, tracker.rounds + 1):
+                completion = await self._run(self._checked_ids(current[i]), sampling, None)
+                done.put((i, completion))
+                if k < tracker.rounds:
+                    current[i] = continue_conversation(current[i], completion.text, prompt)
+
+        async def run_all() -> None:
+            tasks = [asyncio.ensure_future(chain(i)) for i in range(len(current))]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:  # one failed: the others' requests are aborted (AsyncLLM on cancel)
+                    t.cancel()
+
+        future = asyncio.run_coroutine_threadsafe(run_all(), self._loop)
+        future.add_done_callback(lambda _: done.put(None))
+        try:
+            while (item := done.get()) is not None:
+                tracker.add(*item)
+        except BaseException:  # a callback failed (or ^C): stop the chains, abort their requests
+            future.cancel()
+            raise
+        future.result()  # a chain's error, raised here
 
     def generate_stream(self, conversations, params, on_text: OnText, *, progress=None, **kw):
         if not self.continuous:  # the offline engine hands back whole completions
@@ -292,3 +436,6 @@ class VLLMBackend(Backend):
             self.engine.shutdown()
             self.engine = None  # its __del__ shuts down again: now, not during interpreter exit
             self._loop.call_soon_threadsafe(self._loop.stop)
+        elif not self.continuous and self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()  # its process and memory go now, not at exit
+            self.llm = None

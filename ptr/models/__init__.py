@@ -20,6 +20,7 @@ from ptr import storage
 from ptr.cache import cache_root, cached_dir
 from ptr.errors import PtrError
 from ptr.models import smollm2, tiny
+from ptr.models.fast_tokenizer import load_saved_fast
 from ptr.tracking import model_registry
 
 BUILTIN = {
@@ -72,7 +73,10 @@ def _from_pretrained(loader, ref: str, where: str, **kwargs):
 def load_tokenizer(ref):
     from transformers import AutoTokenizer
 
-    tokenizer = _from_pretrained(AutoTokenizer, str(ref), resolve(ref))
+    where = resolve(ref)
+    tokenizer = load_saved_fast(where)  # one read of tokenizer.json where the folder allows it
+    if tokenizer is None:
+        tokenizer = _from_pretrained(AutoTokenizer, str(ref), where)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
