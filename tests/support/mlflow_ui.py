@@ -17,6 +17,7 @@ import argparse
 import base64
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -151,6 +152,18 @@ def show_columns(browser: Browser, experiment_id: str, columns: list[str]) -> No
     browser.js("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false')")
 
 
+def wait_for_rows(browser: Browser, timeout: float = 120.0) -> None:
+    """Until the runs table has drawn its rows: the header comes first, and on a store with many runs
+    the rows follow seconds later ("0 matching runs" and a spinner meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(r"\b[1-9][0-9]* matching runs", browser.js("document.body.innerText") or ""):
+            time.sleep(1.0)
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the runs table drew no rows within {timeout:.0f}s")
+
+
 def runs_page(base_url: str, experiment_id: str) -> str:
     """The experiment's runs: MLflow 3.17 opens an experiment by the UI's workflow switch (GenAI by
     default, kept in the browser), so the link says ``workflowType=machine_learning``."""
@@ -178,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             browser.open(page, until="Run Name")
             show_columns(browser, experiment.experiment_id, args.columns)
             browser.open(None, until="Run Name")
+            wait_for_rows(browser)
             browser.js("document.querySelector('[aria-label=\"Close\"]')?.click()")
             time.sleep(1)
             browser.screenshot(args.out)
