@@ -49,7 +49,7 @@ INTEGRATION = frozenset(
 )
 
 
-# The longest files, longest first (measured with --durations=0). `make test` hands whole files to two
+# The longest files, longest first (measured with --durations). `make test` hands whole files to its
 # workers (--dist loadfile --no-loadscope-reorder) in collection order: starting the long ones first
 # keeps one from being left to run alone at the end.
 LONGEST_FIRST = (
