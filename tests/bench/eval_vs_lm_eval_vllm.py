@@ -67,26 +67,42 @@ def task_and_prompts(args, n: int | None = None):
 class EngineClock:
     """Seconds spent inside vLLM's engine steps (``LLMEngine.step``: scheduling, the forward passes,
     detokenizing; what ``LLM.generate`` loops over, and what our pipelined refinement drives itself)
-    — the rest of a timed run is the harness: task set-up, prompt handling, scoring, files."""
+    — the rest of a timed run is the harness: task set-up, prompt handling, scoring, files — and the
+    work the engine was given, from its finished requests (vllm/outputs.py ``RequestOutput``): prompt
+    tokens, those found in the prefix cache (not computed again) and generated tokens."""
+
+    WORK = ("requests", "prompt_tokens", "cached_prompt_tokens", "generated_tokens")
 
     def __init__(self):
         from vllm.v1.engine.llm_engine import LLMEngine
 
         self.seconds = 0.0
+        self.work = dict.fromkeys(self.WORK, 0)
         real = LLMEngine.step
 
         def timed(engine):
             started = time.perf_counter()
             try:
-                return real(engine)
+                outputs = real(engine)
             finally:
                 self.seconds += time.perf_counter() - started
+            for out in outputs:
+                if out.finished:
+                    self.work["requests"] += 1
+                    self.work["prompt_tokens"] += len(out.prompt_token_ids or ())
+                    self.work["cached_prompt_tokens"] += out.num_cached_tokens or 0
+                    self.work["generated_tokens"] += sum(len(c.token_ids) for c in out.outputs)
+            return outputs
 
         LLMEngine.step = timed
 
     def lap(self) -> float:
         seconds, self.seconds = self.seconds, 0.0
         return seconds
+
+    def lap_work(self) -> dict[str, int]:
+        work, self.work = self.work, dict.fromkeys(self.WORK, 0)
+        return work
 
 
 def run_ours(args) -> dict:
@@ -110,10 +126,12 @@ def run_ours(args) -> dict:
                 update={"rounds": rounds, "output_path": str(work), "save_name": f"r{rounds}-{repeat}"}
             )
             clock.lap()
+            clock.lap_work()
             started = time.perf_counter()
             results = evaluate(run, backend=backend)
             out[key].append(time.perf_counter() - started)
             out[key.replace("_s", "_engine_s")].append(clock.lap())
+            out[key.replace("_s", "_work")] = clock.lap_work()  # the last repeat's
             records = [
                 json.loads(line)
                 for line in (results.output_dir / "gsm8k.predictions.jsonl").read_text().splitlines()
@@ -184,6 +202,7 @@ def run_lm_eval(args) -> dict:
         for rounds, key in ((1, "one_round_s"), (3, "three_rounds_s")):
             lm.model.reset_prefix_cache()
             clock.lap()
+            clock.lap_work()
             started = time.perf_counter()
             n = args.n if rounds == 1 else args.n_3_rounds
             current, texts = list(prompts[:n]), []
@@ -196,6 +215,7 @@ def run_lm_eval(args) -> dict:
                     ]
             out[key].append(time.perf_counter() - started)
             out[key.replace("_s", "_engine_s")].append(clock.lap())
+            out[key.replace("_s", "_work")] = clock.lap_work()  # the last repeat's
             per_doc = [[texts[k][i] for k in range(rounds)] for i in range(n)]
             out[f"texts_{rounds}"] = per_doc
             out[f"accuracy_{rounds}"] = [
@@ -285,6 +305,11 @@ def main() -> int:
                         "one_round": ref["one_round_engine_s"],
                         "three_rounds": ref["three_rounds_engine_s"],
                     },
+                },
+                "engine_work": {  # what each side gave the engine, last repeat: prefill computed is
+                    # prompt_tokens - cached_prompt_tokens, decode is generated_tokens
+                    side: {"one_round": out["one_round_work"], "three_rounds": out["three_rounds_work"]}
+                    for side, out in (("ours", ours), ("lm_eval", ref))
                 },
                 "process_s": {"ours": ours["process_s"], "lm_eval": ref["process_s"]},
                 "same_prompt_tokens": ours["tokens"] == ref["tokens"],
