@@ -37,6 +37,7 @@ from pathlib import Path
 from ptr.chat import end_of_turn_ids
 from ptr.errors import PtrError
 from ptr.inference.backend import Backend, BackendOptions, OnRound, OnText, Progress
+from ptr.inference.round_chains import run_round_chains
 from ptr.inference.types import Completion, Conversation, SamplingParams, continue_conversation
 from ptr.models import resolve
 from ptr.models.provenance import read_provenance
@@ -320,28 +321,20 @@ class VLLMBackend(Backend):
                 engine.abort_request(list(owner))
 
     def _refine_on_engine(self, current: list[Conversation], params, prompt: str, tracker: _Rounds) -> None:
-        """One chain of rounds per conversation on the asynchronous engine (as
-        :meth:`ptr.serve.batcher.Scheduler.refine` runs a request's). Completions come back to this
-        thread, which calls ``progress`` and ``on_round``."""
+        """One chain of rounds per conversation on the asynchronous engine
+        (:func:`~ptr.inference.round_chains.run_round_chains`, as the server runs a request's).
+        Completions come back to this thread, which calls ``progress`` and ``on_round``."""
         sampling = self._sampling(params, False)
         done: queue.SimpleQueue = queue.SimpleQueue()  # (conversation index, completion); None at the end
 
-        async def chain(i: int) -> None:
-            for k in range(1, tracker.rounds + 1):
-                completion = await self._run(self._checked_ids(current[i]), sampling, None)
-                done.put((i, completion))
-                if k < tracker.rounds:
-                    current[i] = continue_conversation(current[i], completion.text, prompt)
+        async def generate(i: int, k: int, conversation: Conversation) -> Completion:
+            # a cancelled chain's request is aborted by AsyncLLM
+            return await self._run(self._checked_ids(conversation), sampling, None)
 
-        async def run_all() -> None:
-            tasks = [asyncio.ensure_future(chain(i)) for i in range(len(current))]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for t in tasks:  # one failed: the others' requests are aborted (AsyncLLM on cancel)
-                    t.cancel()
-
-        future = asyncio.run_coroutine_threadsafe(run_all(), self._loop)
+        chains = run_round_chains(
+            current, tracker.rounds, prompt, generate, lambda i, k, completion: done.put((i, completion))
+        )
+        future = asyncio.run_coroutine_threadsafe(chains, self._loop)
         future.add_done_callback(lambda _: done.put(None))
         try:
             while (item := done.get()) is not None:

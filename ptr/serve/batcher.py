@@ -39,14 +39,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
-from ptr.inference import (
-    Backend,
-    Completion,
-    Conversation,
-    PrefixSession,
-    SamplingParams,
-    continue_conversation,
-)
+from ptr.inference import Backend, Completion, Conversation, PrefixSession, SamplingParams
+from ptr.inference.round_chains import run_round_chains
 from ptr.serve.schema import RequestError
 
 BATCH_SIZE = Histogram(
@@ -105,29 +99,27 @@ class Scheduler(ABC):
         its round k is done, so conversations (and requests) never wait for each other between rounds.
         ``on_text(i, k, piece)`` streams round k of instance i."""
 
-        async def one(i: int, conversation: Conversation) -> list[Completion]:
-            outs, key = [], next(self._keys)
-            try:
-                for k in range(1, rounds + 1):
-                    stream = None if on_text is None else functools.partial(on_text, i, k)
-                    try:
-                        completion = await self.generate(conversation, params, key, stream)
-                    except ValueError as err:
-                        raise RequestError(str(err), where=f"instances[{i}]: round {k}") from None
-                    outs.append(completion)
-                    if k < rounds:
-                        conversation = continue_conversation(conversation, completion.text, refine_prompt)
-            finally:
-                if self.session is not None:  # the conversation is over (or failed): its cache goes
-                    self.session.forget(key)
-            return outs
+        keys = [next(self._keys) for _ in conversations]  # each conversation's key in the session
+        outs: list[list[Completion]] = [[] for _ in conversations]
 
-        tasks = [asyncio.ensure_future(one(i, c)) for i, c in enumerate(conversations)]
+        async def generate(i: int, k: int, conversation: Conversation) -> Completion:
+            stream = None if on_text is None else functools.partial(on_text, i, k)
+            try:
+                return await self.generate(conversation, params, keys[i], stream)
+            except ValueError as err:
+                raise RequestError(str(err), where=f"instances[{i}]: round {k}") from None
+
+        def answered(i: int, k: int, completion: Completion) -> None:
+            outs[i].append(completion)
+            if k == rounds and self.session is not None:  # the conversation is over: its cache goes
+                self.session.forget(keys[i])
+
         try:
-            return list(await asyncio.gather(*tasks))
+            await run_round_chains(conversations, rounds, refine_prompt, generate, answered)
         finally:
-            for t in tasks:  # one instance failed: drop the others' queued work
-                t.cancel()
+            if self.session is not None:  # one failed: the others' caches go too
+                self.session.forget(*keys)
+        return outs
 
     async def close(self) -> None:  # noqa: B027 (optional: most hold nothing)
         """Stop what the scheduler runs."""
